@@ -67,11 +67,10 @@ def _simulate(args: argparse.Namespace) -> int:
     effects = _load_effects(args.effects)
     out = Path(args.out)
     if args.table_only:
-        from qsmiron.simulate.cohort import _tsv_bytes
-        from qsmiron.io.nifti import atomic_write_bytes
+        from qsmiron.io.nifti import write_tsv
 
         df = cohort_table(args.subjects, args.seed, effects)
-        path = atomic_write_bytes(out / "cohort.tsv", _tsv_bytes(df))
+        path = write_tsv(out / "cohort.tsv", df)
         console.print(f"wrote a table-level cohort of {len(df)} subjects: {path}")
         print(path)
         return 0
@@ -136,7 +135,8 @@ def _inspect(args: argparse.Namespace) -> int:
     if args.phase_range is not None:
         phase_scale = tuple(args.phase_range)
     if args.subject is not None:
-        gre = read_megre_bids(args.path, args.subject, session=args.session, phase_scale=phase_scale)
+        gre = read_megre_bids(args.path, args.subject, session=args.session,
+                              phase_scale=phase_scale)
     else:
         if args.magnitude is None or args.te is None:
             raise InputError(

@@ -31,6 +31,7 @@ __all__ = [
     "save_nifti",
     "voxel_size",
     "write_json",
+    "write_tsv",
 ]
 
 
@@ -103,6 +104,26 @@ def write_json(path: str | Path, content: Mapping[str, Any], add_version: bool =
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def write_tsv(path: str | Path, table: Any) -> Path:
+    """Write a pandas DataFrame as a BIDS-style TSV atomically (``n/a`` for missing values).
+
+    Parameters
+    ----------
+    path : str or Path
+        Destination ``.tsv`` file.
+    table : pandas.DataFrame
+        The table; its index is not written.
+
+    Returns
+    -------
+    Path
+        The destination path.
+    """
+    text = table.to_csv(sep="\t", index=False, na_rep="n/a", float_format="%.6g",
+                        lineterminator="\n")
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
 def read_json(path: str | Path) -> dict[str, Any]:
     """Read a JSON object, raising :class:`InputError` naming the file on any problem."""
     path = Path(path)
@@ -137,7 +158,9 @@ def voxel_size(affine: np.ndarray) -> np.ndarray:
     return np.sqrt((np.asarray(affine, float)[:3, :3] ** 2).sum(axis=0))
 
 
-def b0_direction(affine: np.ndarray, b0_world: tuple[float, float, float] = (0.0, 0.0, 1.0)) -> np.ndarray:
+def b0_direction(
+    affine: np.ndarray, b0_world: tuple[float, float, float] = (0.0, 0.0, 1.0)
+) -> np.ndarray:
     """Unit vector of the main field B0 in the voxel-axis frame of an image.
 
     NIfTI world coordinates are the scanner's patient coordinates (RAS+), whose third axis is the
@@ -211,7 +234,9 @@ def load_nifti(
     try:
         img = nib.load(str(path))
     except nib.filebasedimages.ImageFileError as exc:
-        raise InputError(f"not a readable NIfTI image ({exc})", path) from None
+        raise InputError(
+            f"not a readable NIfTI image: truncated, empty or another format ({exc})", path
+        ) from None
     except (OSError, EOFError, ValueError, zlib.error, gzip.BadGzipFile) as exc:
         raise InputError(f"cannot read image header ({exc})", path) from None
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):

@@ -34,7 +34,7 @@ import pandas as pd
 from qsmiron import __version__
 from qsmiron.errors import InputError
 from qsmiron.io.bids import write_bids_anat, write_dataset_description, write_megre_bids
-from qsmiron.io.nifti import atomic_write_bytes, save_nifti, write_json
+from qsmiron.io.nifti import atomic_write_bytes, save_nifti, write_json, write_tsv
 from qsmiron.simulate import tissues as T
 from qsmiron.simulate.phantom import AnatomyParams, make_phantom
 from qsmiron.simulate.scan import Protocol, simulate_scan
@@ -262,11 +262,6 @@ _PARTICIPANTS_JSON = {
 }
 
 
-def _tsv_bytes(df: pd.DataFrame) -> bytes:
-    return df.to_csv(sep="\t", index=False, na_rep="n/a", float_format="%.6g",
-                     lineterminator="\n").encode()
-
-
 def simulate_cohort(
     out_dir: str | Path,
     n_subjects: int,
@@ -388,9 +383,9 @@ def simulate_cohort(
         if progress is not None:
             progress(i + 1, n_subjects, row["participant_id"])
     table = pd.DataFrame(rows)
-    atomic_write_bytes(bids / "participants.tsv", _tsv_bytes(table[_PARTICIPANT_COLUMNS]))
+    write_tsv(bids / "participants.tsv", table[_PARTICIPANT_COLUMNS])
     write_json(bids / "participants.json", _PARTICIPANTS_JSON)
-    atomic_write_bytes(truth_dir / "truth.tsv", _tsv_bytes(table))
+    write_tsv(truth_dir / "truth.tsv", table)
     atomic_write_bytes(truth_dir / "dseg.tsv", T.label_table_tsv().encode())
     write_json(truth_dir / "effects.json", {**asdict(eff), "seed": seed,
                                             "voxel_size_mm": voxel_size,

@@ -18,7 +18,9 @@ from qsmiron.simulate.tissues import GD_R1_PER_MM
 __all__ = ["flair", "ir_prepared_t1w", "spgr", "t1_with_gadolinium"]
 
 
-def spgr(pd: np.ndarray, t1_s: np.ndarray, tr_s: float = 0.057, flip_deg: float = 20.0) -> np.ndarray:
+def spgr(
+    pd: np.ndarray, t1_s: np.ndarray, tr_s: float = 0.057, flip_deg: float = 20.0
+) -> np.ndarray:
     """Spoiled gradient-echo steady-state signal at TE = 0 (Ernst equation).
 
     ``S = PD sin(a) (1 - E1) / (1 - cos(a) E1)``, ``E1 = exp(-TR/T1)``.

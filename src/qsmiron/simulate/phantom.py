@@ -273,7 +273,7 @@ def _paint_veins(lab: np.ndarray, aff: np.ndarray) -> None:
             iy = int(np.rint(y - iy0))
             zz = np.nonzero(band[iy])[0]
             if zz.size:
-                pts.append([2.5 * side, y, zz.max() + iz0 + 1.5])
+                pts.append([2.5 * side, y, zz.max() + iz0 + 1.0])
         if len(pts) >= 2:
             zlast = pts[-1][2]
             galen = [0.0, y_post - 6.0, zlast + 2.0]
@@ -616,7 +616,7 @@ def _place_lesions(lab, voxel_mm, params: AnatomyParams, rng) -> np.ndarray:
                 q = sum(((d @ ax) / sa) ** 2 for ax, sa in zip((a1, a2, a3), sem, strict=True))
                 ell = q <= 1.0
                 sl = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
-                region = ell & wm[sl]
+                region = _largest_component(ell & wm[sl])  # one connected lesion
                 n_reg = int(region.sum())
                 if n_reg < max(0.5 * ell.sum(), 1) or (ell & blocked[sl]).any():
                     break
