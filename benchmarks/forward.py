@@ -21,8 +21,9 @@ import numpy as np
 import scipy.fft
 
 from qsmiron.constants import CHI_AIR_REL_WATER_PPM
+from qsmiron.recon.fft import default_workers
 from qsmiron.recon.kernels import dipole_kernel, padded_shape
-from qsmiron.simulate.gre import default_workers, forward_field
+from qsmiron.simulate.gre import forward_field
 
 
 def head_like_chi(shape: tuple[int, int, int], voxel_size: float = 1.0) -> np.ndarray:

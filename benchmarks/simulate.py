@@ -20,9 +20,9 @@ import time
 import numpy as np
 import scipy.fft
 
+from qsmiron.recon.fft import default_workers
 from qsmiron.recon.kernels import padded_shape
 from qsmiron.simulate.cohort import simulate_cohort
-from qsmiron.simulate.gre import default_workers
 from qsmiron.simulate.phantom import AnatomyParams, base_anatomy, make_phantom
 from qsmiron.simulate.scan import simulate_scan
 

@@ -18,13 +18,13 @@ Conventions
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 
 import numpy as np
 import scipy.fft
 
 from qsmiron.constants import GAMMA_HZ_PER_T
+from qsmiron.recon.fft import default_workers
 from qsmiron.recon.kernels import KernelKind, dipole_kernel, padded_shape
 
 __all__ = [
@@ -41,14 +41,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 PadSpec = float | Sequence[int] | None
-
-
-def default_workers() -> int:
-    """Number of CPUs this process may use (the default ``workers`` of the FFTs)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not on Linux
-        return os.cpu_count() or 1
 
 
 def _generator(rng: np.random.Generator | int | None, what: str) -> np.random.Generator:
