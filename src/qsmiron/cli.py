@@ -75,17 +75,22 @@ def _simulate(args: argparse.Namespace) -> int:
         print(path)
         return 0
     protocol = Protocol(snr=args.snr)
+    if len(args.resolution) not in (1, 3):
+        raise InputError(f"--resolution takes 1 or 3 values, found {len(args.resolution)}")
+    res = args.resolution[0] if len(args.resolution) == 1 else tuple(args.resolution)
+    res_txt = "x".join(f"{v:g}" for v in args.resolution)
     t0 = time.perf_counter()
     with _progress() as prog:
         task = prog.add_task("simulating", total=args.subjects, current="")
         bids = simulate_cohort(
-            out, args.subjects, seed=args.seed, voxel_size=args.resolution, effects=effects,
+            out, args.subjects, seed=args.seed, voxel_size=res, effects=effects,
             protocol=protocol, overwrite=args.overwrite,
+            slab_rotation_deg=(args.slab_tilt, 0.0, 0.0),
             progress=lambda done, total, sub: prog.update(task, completed=done, current=sub),
         )
     dt = time.perf_counter() - t0
     console.print(
-        f"simulated {args.subjects} subjects at {args.resolution:g} mm in {dt:.0f} s\n"
+        f"simulated {args.subjects} subjects at {res_txt} mm in {dt:.0f} s\n"
         f"  BIDS dataset: {bids}\n  truth:        {out / 'truth'} (truth.tsv, label maps, "
         f"true susceptibility and field maps)"
     )
@@ -151,9 +156,15 @@ def _inspect(args: argparse.Namespace) -> int:
         f"multi-echo GRE: {gre.magnitude.shape[:3]} voxels of ({vs}) mm, {gre.n_echoes} echoes\n"
         f"  TE (ms): {', '.join(f'{t * 1000:.2f}' for t in gre.te)}\n"
         f"  B0: {gre.b0 if gre.b0 is not None else 'unknown'} T, direction in voxel frame ({b0d})\n"
-        f"  phase scaling: {gre.metadata.get('PhaseScaling', 'n/a')}"
+        f"  phase scaling: {_describe_scaling(gre.metadata.get('PhaseScaling'))}"
     )
     return 0
+
+
+def _describe_scaling(scaling: object) -> str:
+    if isinstance(scaling, dict):
+        return str(scaling.get("description", scaling))
+    return "n/a" if scaling is None else str(scaling)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -182,7 +193,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder (bids/ and truth/ inside)")
     p.add_argument("--subjects", type=int, default=10, help="number of subjects")
     p.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bytes")
-    p.add_argument("--resolution", type=float, default=2.0, help="isotropic voxel size, mm")
+    p.add_argument("--resolution", type=float, nargs="+", default=[2.0], metavar="MM",
+                   help="voxel size in mm: one value (isotropic) or three, e.g. 0.5 0.5 2 as "
+                   "in the reference study (default: 2)")
+    p.add_argument("--slab-tilt", type=float, default=0.0, metavar="DEG",
+                   help="oblique acquisition: tilt of the imaging slab about the left-right "
+                   "axis, degrees (B0 is then not along a voxel axis)")
     p.add_argument("--snr", type=float, default=100.0,
                    help="first-echo GRE SNR in the brain (default: %(default)s)")
     p.add_argument("--effects", help="TOML file of effect sizes ([effects] table; names as in "

@@ -266,11 +266,12 @@ def simulate_cohort(
     out_dir: str | Path,
     n_subjects: int,
     seed: int = 0,
-    voxel_size: float = 2.0,
+    voxel_size: float | tuple[float, float, float] = 2.0,
     effects: Effects | None = None,
     protocol: Protocol | None = None,
     progress: Callable[[int, int, str], None] | None = None,
     overwrite: bool = False,
+    slab_rotation_deg: tuple[float, float, float] = (0.0, 0.0, 0.0),
 ) -> Path:
     """Simulate a cohort and write it as a BIDS dataset with a separate truth folder.
 
@@ -295,8 +296,8 @@ def simulate_cohort(
         Number of subjects.
     seed : int
         Cohort seed; the same seed gives byte-identical files.
-    voxel_size : float
-        Isotropic voxel size, mm.
+    voxel_size : float or 3-tuple
+        Voxel size, mm (e.g. 2, or the study's anisotropic (0.5, 0.5, 2)).
     effects : Effects, optional
         Cohort effects and distributions.
     protocol : Protocol, optional
@@ -305,6 +306,8 @@ def simulate_cohort(
         Called as ``progress(done, total, participant_id)`` after each subject.
     overwrite : bool
         Replace an existing ``bids``/``truth`` folder; otherwise refuse to write into one.
+    slab_rotation_deg : 3-tuple
+        Oblique acquisition: rotation of the imaging grid about the scanner axes, degrees.
 
     Returns
     -------
@@ -320,19 +323,22 @@ def simulate_cohort(
             shutil.rmtree(d)
     prot = protocol or Protocol()
     eff = effects or Effects()
-    if voxel_size <= 0 or voxel_size > 4:
-        raise InputError(f"voxel size must be in (0, 4] mm, found {voxel_size}")
+    vs = np.broadcast_to(np.asarray(voxel_size, float), (3,))
+    if np.any(vs <= 0) or np.any(vs > 4):
+        raise InputError(f"voxel size must be in (0, 4] mm, found {tuple(vs)}")
+    vs_txt = "x".join(f"{v:g}" for v in vs)
     write_dataset_description(
         bids, "qsmiron simulated MS cohort", dataset_type="raw",
         generated_by=[{"Name": "qsmiron simulate", "Version": __version__,
-                       "Description": f"seed={seed}, voxel_size={voxel_size} mm"}],
+                       "Description": f"seed={seed}, voxel_size={vs_txt} mm"}],
     )
     rows = []
     for i in range(n_subjects):
         row = draw_subject(i, seed, eff)
         sub = row["participant_id"][4:]
         params = subject_anatomy(row, i, seed)
-        ph = make_phantom(params, voxel_size=voxel_size, seed=int(_rng(seed, i, 2).integers(2**31)))
+        ph = make_phantom(params, voxel_size=tuple(vs), seed=int(_rng(seed, i, 2).integers(2**31)),
+                          slab_rotation_deg=slab_rotation_deg)
         scan = simulate_scan(ph, prot, seed=int(_rng(seed, i, 3).integers(2**31)))
         common = {"MagneticFieldStrength": prot.b0, "Manufacturer": "qsmiron simulator"}
         write_megre_bids(
@@ -346,6 +352,7 @@ def simulate_cohort(
                         sidecar={**common, "ContrastBolusIngredient": "GADOLINIUM"})
         tdir = truth_dir / f"sub-{sub}"
         save_nifti(tdir / f"sub-{sub}_dseg.nii.gz", ph.labels, ph.affine, dtype=np.int16)
+        atomic_write_bytes(tdir / f"sub-{sub}_dseg.tsv", T.label_table_tsv().encode())
         save_nifti(tdir / f"sub-{sub}_Chimap.nii.gz", ph.chi, ph.affine,
                    sidecar={"Units": "ppm", "Reference": "CSF (chi_csf = 0); air = +9.41 ppm"})
         save_nifti(tdir / f"sub-{sub}_desc-lesions_mask.nii.gz", ph.lesions, ph.affine,
@@ -362,7 +369,8 @@ def simulate_cohort(
             **ph.truth,
             "noise_sigma": scan.noise_sigma,
             "echo_times_s": list(prot.te),
-            "voxel_size_mm": voxel_size,
+            "voxel_size_mm": list(vs),
+            "slab_rotation_deg": list(slab_rotation_deg),
         }
         write_json(tdir / f"sub-{sub}_truth.json", truth, add_version=True)
         rows.append({
@@ -388,6 +396,6 @@ def simulate_cohort(
     write_tsv(truth_dir / "truth.tsv", table)
     atomic_write_bytes(truth_dir / "dseg.tsv", T.label_table_tsv().encode())
     write_json(truth_dir / "effects.json", {**asdict(eff), "seed": seed,
-                                            "voxel_size_mm": voxel_size,
+                                            "voxel_size_mm": list(vs),
                                             "protocol": asdict(prot)}, add_version=True)
     return bids

@@ -448,16 +448,18 @@ def _interp_matrix(n_fine: int, step: float, n_coarse: int) -> np.ndarray:
     return m
 
 
-def _smooth_field(shape, rng, spacing_vox: float, n: int = 1) -> np.ndarray:
+def _smooth_field(shape, rng, spacing_vox, n: int = 1) -> np.ndarray:
     """``n`` smooth Gaussian random fields, unit RMS, correlation length ``spacing_vox``.
+
+    ``spacing_vox`` is in voxels, one number or one per axis (anisotropic voxels).
 
     Drawn on a coarse grid (4 samples per correlation length), smoothed, and interpolated to
     the fine grid with separable linear-interpolation matrices, so the cost is a few matrix
     products whatever the fine grid.
     """
-    step = max(spacing_vox / 4.0, 1.0)
-    coarse = tuple(int(np.ceil(s / step)) + 4 for s in shape)
-    mats = [_interp_matrix(s, step, c) for s, c in zip(shape, coarse, strict=True)]
+    steps = np.maximum(np.broadcast_to(np.asarray(spacing_vox, float), (3,)) / 4.0, 1.0)
+    coarse = tuple(int(np.ceil(s / st)) + 4 for s, st in zip(shape, steps, strict=True))
+    mats = [_interp_matrix(s, st, c) for s, st, c in zip(shape, steps, coarse, strict=True)]
     out = np.empty((n, *shape), np.float32)
     for i in range(n):
         g = ndi.gaussian_filter(rng.standard_normal(coarse).astype(np.float32), 1.5, mode="wrap")
@@ -488,12 +490,13 @@ def _bbox(mask: np.ndarray, margin: int) -> tuple[slice, ...]:
     )
 
 
-def _set_structure_volume(lab, vox_ml, labels_of, target_ml, donor_labels, sink_labels, rng):
+def _set_structure_volume(lab, vox, labels_of, target_ml, donor_labels, sink_labels, rng):
     """Shrink a structure into its neighbouring CSF, or grow it into donor tissue, to a volume.
 
     Shrinking removes the voxels closest to the sink (e.g. the ventricles) and gives them the
     label of the nearest sink voxel; growing takes the donor voxels closest to the structure.
     """
+    vox_ml = float(np.prod(vox)) / 1000.0
     struct = np.isin(lab, labels_of)
     n_now = int(struct.sum())
     n_target = int(round(target_ml / vox_ml))
@@ -507,27 +510,27 @@ def _set_structure_volume(lab, vox_ml, labels_of, target_ml, donor_labels, sink_
         sink = np.isin(sub, sink_labels)
         if not sink.any():
             sink = ~s
-        dist, ind = ndi.distance_transform_edt(~sink, return_indices=True)
+        dist, ind = ndi.distance_transform_edt(~sink, sampling=vox, return_indices=True)
         remove = _ranked_pick(s, dist + jitter, n_now - n_target)
         sub[remove] = sub[tuple(i[remove] for i in ind)]
     else:
-        dist, ind = ndi.distance_transform_edt(~s, return_indices=True)
+        dist, ind = ndi.distance_transform_edt(~s, sampling=vox, return_indices=True)
         donors = np.isin(sub, donor_labels) & (dist <= 6.0)
         add = _ranked_pick(donors, dist + jitter, n_target - n_now)
         sub[add] = sub[tuple(i[add] for i in ind)]
     lab[box] = sub
 
 
-def _grow_into(lab, vox_ml, labels_of, grow_ml, donor_labels, rng):
+def _grow_into(lab, vox, labels_of, grow_ml, donor_labels, rng):
     """Grow the structures ``labels_of`` by ``grow_ml`` into adjacent donor tissue."""
-    k = int(round(grow_ml / vox_ml))
+    k = int(round(grow_ml / (float(np.prod(vox)) / 1000.0)))
     if k <= 0:
         return
     s_all = np.isin(lab, labels_of)
     box = _bbox(s_all, 10)
     sub = lab[box]
     s = np.isin(sub, labels_of)
-    dist, ind = ndi.distance_transform_edt(~s, return_indices=True)
+    dist, ind = ndi.distance_transform_edt(~s, sampling=vox, return_indices=True)
     donors = np.isin(sub, donor_labels) & (dist <= 8.0)
     jitter = rng.random(sub.shape, dtype=np.float32) * 0.1
     add = _ranked_pick(donors, dist + jitter, k)
@@ -535,8 +538,9 @@ def _grow_into(lab, vox_ml, labels_of, grow_ml, donor_labels, rng):
     lab[box] = sub
 
 
-def _set_gm_volume(lab, vox_ml, target_ml, rng):
+def _set_gm_volume(lab, vox, target_ml, rng):
     """Thin or thicken the cortex until total grey matter reaches ``target_ml``."""
+    vox_ml = float(np.prod(vox)) / 1000.0
     n_now = int(np.isin(lab, T.GM_LABELS).sum())
     delta = int(round(target_ml / vox_ml)) - n_now
     if delta == 0:
@@ -548,11 +552,11 @@ def _set_gm_volume(lab, vox_ml, target_ml, rng):
     if delta < 0:
         # thinning: remove cortex from the pial side (nearest extracerebral CSF or outside)
         outside = ~np.isin(sub, [t.label for t in T.TISSUES if t.tissue_class in ("gm", "wm")])
-        dist = ndi.distance_transform_edt(~outside)
+        dist = ndi.distance_transform_edt(~outside, sampling=vox)
         remove = _ranked_pick(cortex, dist + jitter, -delta)
         sub[remove] = 4
     else:
-        dist = ndi.distance_transform_edt(~cortex)
+        dist = ndi.distance_transform_edt(~cortex, sampling=vox)
         donors = (sub == T.CEREBRAL_WM) & (dist <= 4.0)
         add = _ranked_pick(donors, dist + jitter, delta)
         sub[add] = T.CORTEX
@@ -635,32 +639,34 @@ def _place_lesions(lab, voxel_mm, params: AnatomyParams, rng) -> np.ndarray:
     return inst
 
 
-def _block_mean(a: np.ndarray, f: int) -> np.ndarray:
-    if f == 1:
+def _block_mean(a: np.ndarray, f: tuple[int, int, int]) -> np.ndarray:
+    if f == (1, 1, 1):
         return a.astype(np.float32, copy=False)
     s = a.shape
-    return a.reshape(s[0] // f, f, s[1] // f, f, s[2] // f, f).mean(axis=(1, 3, 5),
-                                                                  dtype=np.float32)
+    return a.reshape(s[0] // f[0], f[0], s[1] // f[1], f[1], s[2] // f[2], f[2]).mean(
+        axis=(1, 3, 5), dtype=np.float32)
 
 
-def _block_mode(a: np.ndarray, f: int) -> np.ndarray:
-    if f == 1:
+def _block_mode(a: np.ndarray, f: tuple[int, int, int]) -> np.ndarray:
+    if f == (1, 1, 1):
         return a
     s = a.shape
-    b = a.reshape(s[0] // f, f, s[1] // f, f, s[2] // f, f).transpose(0, 2, 4, 1, 3, 5)
-    b = b.reshape(-1, f**3)
+    out_shape = (s[0] // f[0], s[1] // f[1], s[2] // f[2])
+    b = a.reshape(out_shape[0], f[0], out_shape[1], f[1], out_shape[2], f[2])
+    b = b.transpose(0, 2, 4, 1, 3, 5).reshape(-1, f[0] * f[1] * f[2])
     counts = np.zeros(b.shape, np.int16)
     for j in range(b.shape[1]):
         counts[:, j] = (b == b[:, j : j + 1]).sum(axis=1)
     best = b[np.arange(b.shape[0]), np.argmax(counts, axis=1)]
-    return best.reshape(s[0] // f, s[1] // f, s[2] // f)
+    return best.reshape(out_shape)
 
 
 def make_phantom(
     params: AnatomyParams | None = None,
-    voxel_size: float = 1.0,
+    voxel_size: float | tuple[float, float, float] = 1.0,
     seed: int = 0,
     fov_mm: tuple[float, float, float] = DEFAULT_FOV_MM,
+    slab_rotation_deg: tuple[float, float, float] = (0.0, 0.0, 0.0),
 ) -> Phantom:
     """Build one subject's labelled head phantom and its tissue-property maps.
 
@@ -668,13 +674,18 @@ def make_phantom(
     ----------
     params : AnatomyParams, optional
         The subject's anatomy and susceptibility; defaults give an average head.
-    voxel_size : float
-        Isotropic voxel size of the output grid, mm (e.g. 1 or 2). Coarser grids are block
-        averages of a fine grid of about 1 mm, so they carry realistic partial volume.
+    voxel_size : float or 3-tuple
+        Voxel size of the output grid, mm (e.g. 1, 2 or the study's (0.5, 0.5, 2)). Each axis
+        coarser than 1 mm is a block average of a fine grid of about 1 mm, so coarse grids
+        carry realistic partial volume.
     seed : int
         Seed of every random draw (deformation, texture, lesion placement).
     fov_mm : 3-tuple
         Field of view, mm.
+    slab_rotation_deg : 3-tuple
+        Rotation of the imaging grid about the scanner's x, y, z axes (an oblique slab): the
+        voxel axes are then not aligned with B0, whose direction in the voxel frame is
+        ``qsmiron.io.nifti.b0_direction(phantom.affine)``.
 
     Returns
     -------
@@ -689,33 +700,39 @@ def make_phantom(
     p = params or AnatomyParams()
     rng = np.random.default_rng(seed)
     base, base_aff = base_anatomy()
-    f = max(int(round(voxel_size / 1.0)), 1)
-    fine_mm = voxel_size / f
-    shape_out = tuple(int(round(v / voxel_size)) for v in fov_mm)
-    shape_fine = tuple(s * f for s in shape_out)
-    fine_vox = (fine_mm,) * 3
-    vox_ml = fine_mm**3 / 1000.0
+    vs = np.broadcast_to(np.asarray(voxel_size, float), (3,)).copy()
+    if np.any(vs <= 0) or np.any(vs > 4.0):
+        raise ValueError(f"voxel size must be in (0, 4] mm, found {tuple(vs)}")
+    f = tuple(max(int(round(v / 1.0)), 1) for v in vs)
+    fine = vs / np.asarray(f)
+    shape_out = tuple(int(round(fv / v)) for fv, v in zip(fov_mm, vs, strict=True))
+    shape_fine = tuple(so * fi for so, fi in zip(shape_out, f, strict=True))
+    fine_vox = tuple(float(v) for v in fine)
+    vox_ml = float(np.prod(fine)) / 1000.0
 
     # Scanner grid centred on the (scaled, moved) head centre.
     head_centre_mni = np.array([0.0, -14.0, 14.0])
     rot = _rotation(p.rotation_deg)
     s = float(p.head_scale)
     centre_world = s * rot @ head_centre_mni + np.asarray(p.translation_mm)
-    origin = centre_world - (np.asarray(shape_out) - 1) / 2.0 * voxel_size
+    slab = _rotation(slab_rotation_deg)
+    origin = centre_world - slab @ ((np.asarray(shape_out) - 1) / 2.0 * vs)
     affine = np.eye(4)
-    affine[:3, :3] = np.eye(3) * voxel_size
+    affine[:3, :3] = slab @ np.diag(vs)
     affine[:3, 3] = origin
 
-    # World coordinates of the fine voxels -> template voxel indices (through the deformation).
+    # Fine voxel positions along the grid axes (mm from the origin), mapped to template voxel
+    # indices: world = origin + slab @ g, MNI = rot^T (world - translation) / scale + deformation.
     axes = [
-        origin[i] + (np.arange(shape_fine[i], dtype=np.float32) - (f - 1) / 2.0) * fine_mm
+        (np.arange(shape_fine[i], dtype=np.float32) - (f[i] - 1) / 2.0) * np.float32(fine[i])
         for i in range(3)
     ]
-    disp = _smooth_field(shape_fine, rng, p.deformation_spacing_mm / fine_mm, n=3)
+    disp = _smooth_field(shape_fine, rng, p.deformation_spacing_mm / fine, n=3)
     disp *= p.deformation_mm / np.sqrt(3.0)
     inv = np.linalg.inv(base_aff)
-    m = (rot.T / s).astype(np.float32)  # world -> MNI (before deformation)
-    t = -(m @ np.asarray(p.translation_mm, np.float32))
+    m_world = rot.T / s  # world -> MNI (before deformation)
+    m = (m_world @ slab).astype(np.float32)
+    t = (m_world @ (origin - np.asarray(p.translation_mm))).astype(np.float32)
     coords = np.empty((3, *shape_fine), np.float32)
     gx, gy, gz = np.meshgrid(*axes, indexing="ij", sparse=True)
     for i in range(3):
@@ -735,16 +752,16 @@ def make_phantom(
     if p.thalamus_volume_ml is not None:
         fl = float(np.clip(p.thalamus_left_fraction, 0.3, 0.7))
         for lbl, share in ((13, fl), (14, 1.0 - fl)):
-            _set_structure_volume(lab, vox_ml, (lbl,), p.thalamus_volume_ml * share,
+            _set_structure_volume(lab, fine_vox, (lbl,), p.thalamus_volume_ml * share,
                                   donor_labels=(T.CEREBRAL_WM,), sink_labels=T.VENTRICLES,
                                   rng=rng)
         loss = thal_now - float(np.isin(lab, T.THALAMUS).sum()) * vox_ml
         if loss > 0:
             for vent in ((7, 9), (8, 10)):
-                _grow_into(lab, vox_ml, vent, 0.5 * loss * p.ventricle_growth_per_thalamic_loss,
+                _grow_into(lab, fine_vox, vent, 0.5 * loss * p.ventricle_growth_per_thalamic_loss,
                            donor_labels=(T.CEREBRAL_WM,), rng=rng)
     if p.gm_volume_ml is not None:
-        _set_gm_volume(lab, vox_ml, p.gm_volume_ml, rng)
+        _set_gm_volume(lab, fine_vox, p.gm_volume_ml, rng)
     inst = _place_lesions(lab, fine_vox, p, rng)
     n_les = int(inst.max())
     n_enh = int(min(max(p.enhancing_count, 0), n_les))
@@ -755,7 +772,7 @@ def make_phantom(
 
     # Property maps on the fine grid: label look-up plus zero-mean smooth texture per label.
     overrides = {13: p.thalamus_chi_ppm[0], 14: p.thalamus_chi_ppm[1], **p.chi_overrides_ppm}
-    tex = _smooth_field(shape_fine, rng, 3.0 / fine_mm, n=2)
+    tex = _smooth_field(shape_fine, rng, 3.0 / fine, n=2)
     tissue = np.isin(lab, [t.label for t in T.TISSUES if t.tissue_class in
                            ("gm", "wm", "lesion", "extracranial", "other")])
     nl = max(T.LABELS) + 1

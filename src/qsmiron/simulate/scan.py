@@ -9,11 +9,12 @@ well and returned as truth for background-removal methods.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from qsmiron.constants import CHI_AIR_REL_WATER_PPM
+from qsmiron.io.nifti import b0_direction
 from qsmiron.simulate.gre import (
     add_rician_noise,
     forward_field,
@@ -49,8 +50,9 @@ class Protocol:
         Amplitude of the smooth receive phase offset added to every echo, rad.
     bias_amplitude : float
         Relative amplitude of the smooth receive-sensitivity (bias) field of every image.
-    b0_dir : tuple of float
-        B0 in the voxel frame (the simulated grid is scanner-aligned: along z).
+    b0_dir : tuple of float or None
+        B0 in the voxel frame; None (default) derives it from the phantom's affine (B0 along
+        the scanner's z axis), which is (0, 0, 1) unless the slab is oblique.
     """
 
     te: tuple[float, ...] = (0.0043, 0.0108, 0.0173, 0.0238, 0.0303, 0.0368)
@@ -61,7 +63,7 @@ class Protocol:
     structural_snr: float = 40.0
     phase_offset_rad: float = np.pi
     bias_amplitude: float = 0.15
-    b0_dir: tuple[float, float, float] = field(default=(0.0, 0.0, 1.0))
+    b0_dir: tuple[float, float, float] | None = None
 
 
 @dataclass
@@ -120,10 +122,11 @@ def simulate_scan(phantom: Phantom, protocol: Protocol | None = None, seed: int 
     vs = phantom.voxel_size
     brain = phantom.brain_mask
 
+    b0_dir = b0_direction(phantom.affine) if prot.b0_dir is None else np.asarray(prot.b0_dir)
     chi_air = (phantom.chi - np.float32(CHI_AIR_REL_WATER_PPM)).astype(np.float32)
-    total = forward_field(chi_air, vs, prot.b0_dir)
+    total = forward_field(chi_air, vs, b0_dir)
     del chi_air
-    local = forward_field(np.where(brain, phantom.chi, 0.0).astype(np.float32), vs, prot.b0_dir)
+    local = forward_field(np.where(brain, phantom.chi, 0.0).astype(np.float32), vs, b0_dir)
 
     phase0 = smooth_phase_offset(phantom.labels.shape, vs, rng, amplitude_rad=prot.phase_offset_rad)
     coil = _bias(phantom.labels.shape, float(vs.mean()), rng, prot.bias_amplitude)
