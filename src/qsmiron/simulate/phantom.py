@@ -393,10 +393,6 @@ class Phantom:
         Label map (majority label of each voxel).
     chi : (X, Y, Z) float32
         Susceptibility relative to CSF, ppm (air +9.41 ppm).
-    chi_brain : (X, Y, Z) float32
-        The part of ``chi`` that lies in the brain (parenchyma and intracranial CSF) on the
-        fine grid, block-averaged: the sources of the true local field. It differs from
-        ``chi`` inside the brain mask only in boundary voxels that are partly skull or air.
     m0 : (X, Y, Z) float32
         GRE signal at TE = 0 (spoiled steady state, TR 57 ms, flip 20 degrees).
     r2star : (X, Y, Z) float32
@@ -413,7 +409,6 @@ class Phantom:
 
     labels: np.ndarray
     chi: np.ndarray
-    chi_brain: np.ndarray
     m0: np.ndarray
     r2star: np.ndarray
     t1w: np.ndarray
@@ -807,7 +802,6 @@ def make_phantom(
     phantom = Phantom(
         labels=_block_mode(lab, f),
         chi=_block_mean(chi_f, f),
-        chi_brain=_block_mean(np.where(np.isin(lab, T.BRAIN_LABELS), chi_f, 0.0), f),
         m0=_block_mean(m0_f, f),
         r2star=_block_mean(r2s, f),
         t1w=_block_mean(t1w_f, f),

@@ -77,8 +77,7 @@ class Scan:
     t1w, flair, t1w_gd : (X, Y, Z) float32
         Structural images with bias field and Rician noise.
     field_total, field_local : (X, Y, Z) float32
-        True total field, and the true local field: the field of the brain's own sources
-        (``phantom.chi_brain``, susceptibility relative to CSF), ppm.
+        True total and local field, ppm.
     phase0 : (X, Y, Z) float32
         True phase offset at TE = 0, rad.
     noise_sigma : float
@@ -127,7 +126,7 @@ def simulate_scan(phantom: Phantom, protocol: Protocol | None = None, seed: int 
     chi_air = (phantom.chi - np.float32(CHI_AIR_REL_WATER_PPM)).astype(np.float32)
     total = forward_field(chi_air, vs, b0_dir)
     del chi_air
-    local = forward_field(phantom.chi_brain, vs, b0_dir)
+    local = forward_field(np.where(brain, phantom.chi, 0.0).astype(np.float32), vs, b0_dir)
 
     phase0 = smooth_phase_offset(phantom.labels.shape, vs, rng, amplitude_rad=prot.phase_offset_rad)
     coil = _bias(phantom.labels.shape, float(vs.mean()), rng, prot.bias_amplitude)
