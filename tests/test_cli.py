@@ -74,3 +74,57 @@ def test_demo_small(tmp_path, capsys):
     assert str(tmp_path / "demo") in out.out
     assert (tmp_path / "demo" / "bids" / "sub-001" / "anat" / "sub-001_T1w.nii.gz").exists()
     assert (tmp_path / "demo" / "truth" / "truth.tsv").exists()
+
+
+@pytest.fixture(scope="module")
+def sim2mm(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("sim2mm")
+    assert main(["simulate", "--out", str(out), "--subjects", "1", "--seed", "4"]) == 0
+    return out
+
+
+def test_recon_writes_bids_derivatives(sim2mm, tmp_path, capsys):
+    import json
+
+    import numpy as np
+
+    from qsmiron.io.nifti import load_nifti
+
+    deriv = tmp_path / "deriv"
+    rc = main(["recon", str(sim2mm / "bids"), "--subject", "001", "--out", str(deriv),
+               "--method", "tkd", "--bgremove", "vsharp"])
+    assert rc == 0
+    anat = deriv / "qsmiron" / "sub-001" / "anat"
+    chi, aff, _ = load_nifti(anat / "sub-001_Chimap.nii.gz")
+    _, aff_in, _ = load_nifti(sim2mm / "bids" / "sub-001" / "anat" / "sub-001_T1w.nii.gz")
+    np.testing.assert_allclose(aff, aff_in)
+    side = json.loads((anat / "sub-001_Chimap.json").read_text())
+    assert side["Units"] == "ppm" and side["params"]["method"] == "tkd"
+    assert side["GeneratedBy"][0]["Name"] == "qsmiron"
+    for name in ("desc-brain_mask", "desc-qsm_mask", "desc-total_fieldmap",
+                 "desc-local_fieldmap", "desc-noise_fieldmap", "R2starmap"):
+        assert (anat / f"sub-001_{name}.nii.gz").exists(), name
+    assert (deriv / "qsmiron" / "dataset_description.json").exists()
+
+
+def test_invert_from_files(sim2mm, tmp_path, capsys):
+    import numpy as np
+
+    from qsmiron.io.nifti import load_nifti, save_nifti
+
+    truth = sim2mm / "truth" / "sub-001"
+    labels, aff, _ = load_nifti(truth / "sub-001_dseg.nii.gz")
+    mask = tmp_path / "mask.nii.gz"
+    save_nifti(mask, np.isin(labels, range(4, 37)), aff)
+    field = truth / "sub-001_desc-local_fieldmap.nii.gz"
+    out = tmp_path / "chi.nii.gz"
+    assert main(["invert", "--field", str(field), "--mask", str(mask), "--out", str(out),
+                 "--method", "tkd"]) == 0
+    chi, _, _ = load_nifti(out)
+    gp = np.isin(labels, [19, 20])
+    assert chi[gp].mean() > chi[labels == 6].mean() + 0.05  # pallidum is paramagnetic
+    # a field in Hz without --b0 is a clear error
+    capsys.readouterr()
+    assert main(["invert", "--field", str(field), "--mask", str(mask), "--out", str(out),
+                 "--field-unit", "hz"]) == 2
+    assert "--b0" in capsys.readouterr().err

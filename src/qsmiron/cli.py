@@ -134,11 +134,7 @@ def _convert(args: argparse.Namespace) -> int:
 def _inspect(args: argparse.Namespace) -> int:
     from qsmiron.io.bids import read_megre_bids, read_megre_nifti
 
-    phase_scale: object = "auto"
-    if args.phase_unit == "rad":
-        phase_scale = "rad"
-    if args.phase_range is not None:
-        phase_scale = tuple(args.phase_range)
+    phase_scale = _phase_scale(args)
     if args.subject is not None:
         gre = read_megre_bids(args.path, args.subject, session=args.session,
                               phase_scale=phase_scale)
@@ -158,6 +154,100 @@ def _inspect(args: argparse.Namespace) -> int:
         f"  B0: {gre.b0 if gre.b0 is not None else 'unknown'} T, direction in voxel frame ({b0d})\n"
         f"  phase scaling: {_describe_scaling(gre.metadata.get('PhaseScaling'))}"
     )
+    return 0
+
+
+def _phase_scale(args: argparse.Namespace) -> object:
+    if args.phase_range is not None:
+        return tuple(args.phase_range)
+    return "rad" if args.phase_unit == "rad" else "auto"
+
+
+def _recon(args: argparse.Namespace) -> int:
+    from qsmiron.io.bids import read_megre_bids
+    from qsmiron.recon.pipeline import ReconParams, reconstruct, write_recon_derivatives
+
+    gre = read_megre_bids(args.bids_dir, args.subject, session=args.session,
+                          phase_scale=_phase_scale(args))
+    if args.b0 is not None:
+        gre.b0 = float(args.b0)
+    params = ReconParams(method=args.method, bgremove=args.bgremove, unwrap=args.unwrap,
+                         mask_erode_mm=args.erode, zero_csf=not args.no_csf_reference)
+    stages = ["mask", "fit", "unwrap", "background", "csf", "inversion"]
+    t0 = time.perf_counter()
+    with _progress() as prog:
+        task = prog.add_task(f"recon sub-{args.subject.removeprefix('sub-')}",
+                             total=len(stages), current="")
+
+        def step(name: str) -> None:
+            prog.update(task, completed=stages.index(name), current=name)
+
+        result = reconstruct(gre, params, progress=step)
+        prog.update(task, completed=len(stages), current="writing")
+        paths = write_recon_derivatives(result, args.out, args.subject, gre.affine,
+                                        session=args.session, sources=gre.sources)
+    dt = time.perf_counter() - t0
+    per_stage = ", ".join(f"{k} {v:.1f} s" for k, v in result.seconds.items())
+    console.print(f"reconstructed in {dt:.1f} s ({per_stage})\n  chi map: {paths['chi']}")
+    print(paths["chi"])
+    return 0
+
+
+def _invert(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from qsmiron.io.nifti import b0_direction, load_nifti, save_nifti, voxel_size
+    from qsmiron.recon.inversion import medi, tikhonov_l2, tkd
+    from qsmiron.recon.multiecho import field_to_ppm
+
+    field, affine, _ = load_nifti(args.field, ndim=(3,))
+    mask_data, mask_aff, _ = load_nifti(args.mask, ndim=(3,))
+    if mask_data.shape != field.shape or not np.allclose(mask_aff, affine, atol=1e-3):
+        raise InputError(f"mask grid {mask_data.shape} does not match the field's "
+                         f"{field.shape} (or their affines differ)", args.mask)
+    mask = mask_data > 0.5
+    if args.field_unit != "ppm":
+        if args.b0 is None or (args.field_unit == "rad" and args.te is None):
+            raise InputError(f"--field-unit {args.field_unit} needs --b0 (T)"
+                             + (" and --te (ms)" if args.field_unit == "rad" else ""),
+                             args.field)
+        te = None if args.te is None else args.te / 1000.0
+        field = field_to_ppm(field, args.b0, unit=args.field_unit, te=te)
+    vs = voxel_size(affine)
+    if args.b0_dir is not None:
+        b0_dir = np.asarray(args.b0_dir, float)
+    elif args.b0_from_affine:
+        b0_dir = b0_direction(affine)
+    else:
+        b0_dir = np.array([0.0, 0.0, 1.0])
+    magnitude = None
+    if args.magnitude is not None:
+        magnitude, _, _ = load_nifti(args.magnitude)
+        if magnitude.ndim == 4:
+            magnitude = np.sqrt((magnitude.astype(np.float32) ** 2).sum(-1))
+        if magnitude.shape != field.shape:
+            raise InputError(f"magnitude shape {magnitude.shape} does not match the field's "
+                             f"{field.shape}", args.magnitude)
+    with console.status(f"{args.method} inversion of {args.field}"):
+        if args.method == "medi":
+            if magnitude is None:
+                console.print("[yellow]no --magnitude: MEDI's edge prior falls back to plain "
+                              "total variation[/yellow]")
+            res = medi(field, mask, vs, b0_dir, magnitude=magnitude)
+            chi = res.chi
+            info = {"iterations": res.iterations, "lambda": res.lam, "n_fft": res.n_fft,
+                    "edge_prior": res.edge_prior}
+        elif args.method == "tkd":
+            chi, info = tkd(field, mask, vs, b0_dir), {}
+        else:
+            chi, info = tikhonov_l2(field, mask, vs, b0_dir), {}
+    out = save_nifti(args.out, chi, affine, sidecar={
+        "Units": "ppm", "Method": args.method, "Field": str(args.field),
+        "Mask": str(args.mask), "B0Direction": [float(v) for v in b0_dir],
+        "VoxelSize": [float(v) for v in vs], **info})
+    console.print(f"wrote {out} ({args.method}, B0 direction "
+                  f"{', '.join(f'{v:+.3f}' for v in b0_dir)})")
+    print(out)
     return 0
 
 
@@ -207,6 +297,46 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write only the table-level cohort (covariates and true measures)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.set_defaults(func=_simulate)
+
+    p = sub.add_parser("recon", help="QSM from a BIDS multi-echo GRE (BIDS derivatives out)",
+                       description="Reconstruct a susceptibility map: brain mask, nonlinear "
+                       "multi-echo fit, unwrapping, background removal, dipole inversion. "
+                       "Writes DERIV_DIR/qsmiron/sub-ID/anat/sub-ID_Chimap.nii.gz (ppm) with "
+                       "masks, total/local/noise field (ppm), R2* and a provenance sidecar.")
+    p.add_argument("bids_dir")
+    p.add_argument("--subject", required=True)
+    p.add_argument("--session")
+    p.add_argument("--out", required=True, help="derivatives folder (DERIV_DIR)")
+    p.add_argument("--method", choices=["medi", "tkd", "l2"], default="medi")
+    p.add_argument("--bgremove", choices=["pdf", "lbv", "vsharp"], default="lbv")
+    p.add_argument("--unwrap", choices=["romeo", "laplacian"], default="romeo")
+    p.add_argument("--erode", type=float, default=0.0, metavar="MM",
+                   help="extra brain-mask erosion, mm")
+    p.add_argument("--no-csf-reference", action="store_true",
+                   help="disable MEDI+0 (CSF uniformity and CSF zero reference)")
+    p.add_argument("--b0", type=float, help="field strength, T (if the sidecars lack it)")
+    p.add_argument("--phase-unit", choices=["auto", "rad"], default="auto")
+    p.add_argument("--phase-range", type=float, nargs=2, metavar=("LO", "HI"),
+                   help="raw phase values that map to -pi and +pi")
+    p.set_defaults(func=_recon)
+
+    p = sub.add_parser("invert", help="dipole inversion of a local field map",
+                       description="Invert a local field (ppm by default) inside a mask. B0 is "
+                       "along the third voxel axis unless --b0-dir or --b0-from-affine; voxel "
+                       "size from the header.")
+    p.add_argument("--field", required=True, help="local field NIfTI")
+    p.add_argument("--mask", required=True, help="mask NIfTI (same grid)")
+    p.add_argument("--out", required=True, help="output chi NIfTI (ppm)")
+    p.add_argument("--magnitude", help="magnitude NIfTI for MEDI's edge prior (3D or 4D)")
+    p.add_argument("--method", choices=["medi", "tkd", "l2"], default="medi")
+    p.add_argument("--field-unit", choices=["ppm", "rad", "hz"], default="ppm")
+    p.add_argument("--te", type=float, help="echo time in ms (for --field-unit rad)")
+    p.add_argument("--b0", type=float, help="field strength, T (for rad or hz)")
+    p.add_argument("--b0-dir", type=float, nargs=3, metavar=("X", "Y", "Z"),
+                   help="B0 direction in the voxel frame")
+    p.add_argument("--b0-from-affine", action="store_true",
+                   help="derive the B0 direction from the header (scanner z axis)")
+    p.set_defaults(func=_invert)
 
     p = sub.add_parser("convert", help="convert a DICOM folder to BIDS (dcm2niix)",
                        description="Convert a DICOM folder through dcm2niix into the BIDS "
