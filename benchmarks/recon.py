@@ -65,12 +65,14 @@ def main() -> None:
     grid = tuple(inv.get("fft_shape", ()))
     if grid:
         pair = _fft_pair_seconds(grid)
-        n_pairs = res.n_fft["inversion"] / 2.0
-        budget = n_pairs * pair
-        ratio = res.seconds["inversion"] / budget
-        print(f"inversion: {res.n_fft['inversion']} FFTs on {grid}, FFT pair {pair:.3f} s, "
-              f"FFT-bound time {budget:.2f} s, measured / FFT-bound = {ratio:.2f} "
-              f"(target <= 2: {'PASS' if ratio <= 2 else 'FAIL'})")
+        n = res.n_fft["inversion"]
+        t_inv = res.seconds["inversion"]
+        ratio_issue = t_inv / (n * pair)  # the issue's yardstick: FFT count x one pair's time
+        ratio_pairs = t_inv / (n / 2.0 * pair)  # stricter: the time of the FFTs actually done
+        print(f"inversion: {n} FFTs ({n // 2} forward/inverse pairs) on {grid}, one pair "
+              f"{pair:.3f} s\n  time / (FFT count x pair time) = {ratio_issue:.2f} (target <= 2: "
+              f"{'PASS' if ratio_issue <= 2 else 'FAIL'}); time / (pairs x pair time) = "
+              f"{ratio_pairs:.2f}")
     labels = ph.labels
     valid = res.mask
     ref = np.isin(labels, T.ATRIA) & valid
