@@ -75,6 +75,10 @@ class MaskQuality:
         return not self.problems
 
 
+
+#: Depth below the surface model (mm) within which bright extracranial tissue is peeled off.
+PEEL_DEPTH_MM: float = 20.0
+
 def mask_quality(
     mask: np.ndarray,
     voxel_size: float | Sequence[float],
@@ -390,13 +394,17 @@ def _refine(img: np.ndarray, inside: np.ndarray, vsz: np.ndarray, step_ratio: fl
     sig = 5.0 / vsz
     depth = ndi.distance_transform_edt(inside_b, sampling=vsz)
     dark = (depth < 6.0) & (img_b < 0.5 * _local_mean(img_b, inside_b, sig, factor))
-    del depth
     mask = inside_b & ~dark
     excluded = dark
-    # peel bright tissue layer by layer (a thick layer is its own local reference at first)
+    # Peel bright tissue layer by layer (a thick layer is its own local reference at first),
+    # only within PEEL_DEPTH_MM of the surface: scalp and skull (together about 10-15 mm thick)
+    # lie there, while bright deep grey matter (thalamus, pallidum, 25 mm and more inside the
+    # surface) must never be peeled.
+    shallow = depth < PEEL_DEPTH_MM
+    del depth
     for _ in range(10):
         ref = _local_mean(img_b, mask, sig, factor)
-        bright = mask & (img_b > step_ratio * ref)
+        bright = mask & shallow & (img_b > step_ratio * ref)
         n_bright = int(bright.sum())
         mask &= ~bright
         excluded |= bright
