@@ -1,1 +1,25 @@
 """qsmiron.anatomy."""
+
+from qsmiron.anatomy.lesions import (
+    LesionResult,
+    grow_lesions,
+    label_lesions,
+    lesion_count,
+    lesion_volume_ml,
+    segment_lesions,
+)
+from qsmiron.anatomy.thickness import ThicknessResult, cortical_thickness
+from qsmiron.anatomy.veins import exclude_veins, vein_mask
+
+__all__ = [
+    "LesionResult",
+    "grow_lesions",
+    "label_lesions",
+    "lesion_count",
+    "lesion_volume_ml",
+    "segment_lesions",
+    "ThicknessResult",
+    "cortical_thickness",
+    "exclude_veins",
+    "vein_mask",
+]
