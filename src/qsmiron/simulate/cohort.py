@@ -314,6 +314,8 @@ def simulate_cohort(
     Path
         The BIDS dataset folder.
     """
+    if int(n_subjects) < 1:
+        raise InputError(f"the number of subjects must be at least 1, found {n_subjects}")
     out = Path(out_dir)
     bids, truth_dir = out / "bids", out / "truth"
     for d in (bids, truth_dir):
