@@ -341,7 +341,8 @@ def _local_mean(values: np.ndarray, weights: np.ndarray, sigma_vox: np.ndarray,
     return out
 
 
-def _largest_component(mask: np.ndarray) -> np.ndarray:
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """The largest 6-connected component of a boolean mask (the mask itself if it has one)."""
     lab, n = ndi.label(mask)
     if n <= 1:
         return mask
@@ -415,7 +416,7 @@ def _refine(img: np.ndarray, inside: np.ndarray, vsz: np.ndarray, step_ratio: fl
     cross = ndi.generate_binary_structure(3, 1)
     r = max(int(np.rint(2.0 / float(vsz.min()))), 1)
     mask = ndi.binary_opening(mask, structure=cross, iterations=r)
-    mask = _largest_component(mask)
+    mask = largest_component(mask)
     mask = ndi.binary_closing(mask, structure=cross, iterations=r, border_value=0) | mask
     mask = _fill_holes(mask)
     # holes open in 3D but closed within a slice: fill them, except with the extracranial
@@ -423,7 +424,7 @@ def _refine(img: np.ndarray, inside: np.ndarray, vsz: np.ndarray, step_ratio: fl
     for d in range(3):
         mask |= _fill_holes(mask, plane_axis=d) & ~excluded
     out = np.zeros(inside.shape, bool)
-    out[box] = _largest_component(mask)
+    out[box] = largest_component(mask)
     return out
 
 

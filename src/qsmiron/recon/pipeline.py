@@ -35,7 +35,7 @@ from qsmiron.io.bids import MultiEchoGRE, bids_name, write_dataset_description
 from qsmiron.io.nifti import save_nifti
 from qsmiron.recon.background import lbv, pdf, vsharp
 from qsmiron.recon.inversion import medi, tikhonov_l2, tkd
-from qsmiron.recon.mask import brain_mask, csf_mask
+from qsmiron.recon.mask import brain_mask, csf_mask, largest_component
 from qsmiron.recon.multiecho import combine_magnitude, fit_complex, hz_to_ppm, r2star_map
 from qsmiron.recon.unwrap import laplacian_unwrap, romeo_unwrap
 
@@ -297,12 +297,9 @@ def reliable_field_mask(
     if not bad.any():
         return mask
     keep = mask & ~ndi.binary_dilation(bad, iterations=1)
-    labels, n = ndi.label(keep)
-    if n == 0:
+    if not keep.any():
         return mask
-    sizes = np.bincount(labels.ravel())
-    sizes[0] = 0
-    return ndi.binary_fill_holes(labels == np.argmax(sizes)) & mask
+    return ndi.binary_fill_holes(largest_component(keep)) & mask
 
 
 def write_recon_derivatives(

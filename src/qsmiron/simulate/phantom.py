@@ -39,6 +39,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from qsmiron.errors import QsmironError
+from qsmiron.recon.mask import largest_component
 from qsmiron.simulate import tissues as T
 from qsmiron.simulate.contrast import flair, ir_prepared_t1w, spgr, t1_with_gadolinium
 
@@ -107,15 +108,6 @@ def _load_template() -> _Template:
     brain, _ = load("icbm152/mni_icbm152_t1_tal_nlin_sym_09c_mask.nii")
     cerebra, _ = load("cerebra/mni_icbm152_CerebrA_tal_nlin_sym_09c.nii")
     return _Template(t1, t2, brain > 0.5, np.rint(cerebra).astype(np.int16), aff)
-
-
-def _largest_component(mask: np.ndarray) -> np.ndarray:
-    lab, n = ndi.label(mask)
-    if n <= 1:
-        return mask
-    sizes = np.bincount(lab.ravel())
-    sizes[0] = 0
-    return lab == np.argmax(sizes)
 
 
 def _mni_to_index(aff: np.ndarray, xyz: np.ndarray) -> np.ndarray:
@@ -194,7 +186,7 @@ def base_anatomy() -> tuple[np.ndarray, np.ndarray]:
     lab = np.zeros(t1.shape, np.int16)
 
     # Head, scalp, skull, air cavities.
-    head = _largest_component(ndi.binary_closing(t1 > 12.0, iterations=3))
+    head = largest_component(ndi.binary_closing(t1 > 12.0, iterations=3))
     head = ndi.binary_fill_holes(head)
     lab[head] = 1
     brain = tpl.brain
@@ -620,7 +612,7 @@ def _place_lesions(lab, voxel_mm, params: AnatomyParams, rng) -> np.ndarray:
                 q = sum(((d @ ax) / sa) ** 2 for ax, sa in zip((a1, a2, a3), sem, strict=True))
                 ell = q <= 1.0
                 sl = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
-                region = _largest_component(ell & wm[sl])  # one connected lesion
+                region = largest_component(ell & wm[sl])  # one connected lesion
                 n_reg = int(region.sum())
                 if n_reg < max(0.5 * ell.sum(), 1) or (ell & blocked[sl]).any():
                     break
