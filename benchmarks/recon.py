@@ -16,26 +16,14 @@ import resource
 import time
 
 import numpy as np
-import scipy.fft
 
+from _timing import fft_pair_seconds
 from qsmiron.io.bids import MultiEchoGRE
 from qsmiron.recon.fft import default_workers
 from qsmiron.recon.pipeline import reconstruct
 from qsmiron.simulate import tissues as T
 from qsmiron.simulate.phantom import AnatomyParams, make_phantom
 from qsmiron.simulate.scan import Protocol, simulate_scan
-
-
-def _fft_pair_seconds(grid: tuple[int, ...], repeat: int = 3) -> float:
-    x = np.random.default_rng(0).standard_normal(grid).astype(np.float32)
-    w = default_workers()
-    scipy.fft.irfftn(scipy.fft.rfftn(x, workers=w), s=grid, workers=w)
-    best = np.inf
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        scipy.fft.irfftn(scipy.fft.rfftn(x, workers=w), s=grid, workers=w)
-        best = min(best, time.perf_counter() - t0)
-    return best
 
 
 def main() -> None:
@@ -64,7 +52,7 @@ def main() -> None:
     inv = res.info.get("inversion", {})
     grid = tuple(inv.get("fft_shape", ()))
     if grid:
-        pair = _fft_pair_seconds(grid)
+        pair = fft_pair_seconds(grid)
         n = res.n_fft["inversion"]
         t_inv = res.seconds["inversion"]
         ratio_issue = t_inv / (n * pair)  # the issue's yardstick: FFT count x one pair's time

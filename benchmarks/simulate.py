@@ -17,28 +17,11 @@ import resource
 import tempfile
 import time
 
-import numpy as np
-import scipy.fft
-
-from qsmiron.recon.fft import default_workers
+from _timing import fft_pair_seconds
 from qsmiron.recon.kernels import padded_shape
 from qsmiron.simulate.cohort import simulate_cohort
 from qsmiron.simulate.phantom import AnatomyParams, base_anatomy, make_phantom
 from qsmiron.simulate.scan import simulate_scan
-
-
-def _fft_pair_seconds(shape: tuple[int, ...], repeat: int = 3) -> float:
-    grid = padded_shape(shape, factor=2.0)
-    x = np.zeros(grid, np.float32)
-    x[: shape[0], : shape[1], : shape[2]] = 1.0
-    w = default_workers()
-    scipy.fft.irfftn(scipy.fft.rfftn(x, workers=w), s=grid, workers=w)  # warm-up
-    best = np.inf
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        scipy.fft.irfftn(scipy.fft.rfftn(x, workers=w), s=grid, workers=w)
-        best = min(best, time.perf_counter() - t0)
-    return best
 
 
 def main() -> None:
@@ -60,7 +43,7 @@ def main() -> None:
     t0 = time.perf_counter()
     simulate_scan(ph, seed=1)
     t_scan = time.perf_counter() - t0
-    fft = _fft_pair_seconds(ph.labels.shape)
+    fft = fft_pair_seconds(padded_shape(ph.labels.shape, factor=2.0))
     total = t_ph + t_scan
     print(f"1 mm grid {ph.labels.shape}, FFT pair of its padded grid (baseline): {fft:.2f} s")
     print(f"1 mm phantom:                        {t_ph:6.1f} s  = {t_ph / fft:5.1f} FFT pairs")
