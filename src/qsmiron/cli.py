@@ -193,6 +193,53 @@ def _recon(args: argparse.Namespace) -> int:
     return 0
 
 
+_ANATOMY_STAGES = ["T1w segmentation", "FLAIR registration", "lesions", "enhancing lesions",
+                   "volumes", "QSM-space ROIs", "writing"]
+
+
+def _anatomy(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from qsmiron.anatomy.pipeline import (
+        AnatomyParams,
+        load_anatomy_inputs,
+        run_anatomy,
+        write_anatomy_derivatives,
+    )
+
+    inputs = load_anatomy_inputs(
+        args.bids_dir, args.out, args.subject, args.session, freesurfer=args.freesurfer,
+        synthseg=args.synthseg, thalamus_mask=args.thalamus_mask,
+        csf_ref_mask=args.csf_ref_mask, lesion_mask=args.lesion_mask,
+        vein_mask=args.vein_mask, gd_entity=args.gd_entity)
+    params = AnatomyParams(csf_reference=args.csf_reference, csf_radius_mm=args.csf_radius,
+                           vein_margin_mm=args.vein_margin)
+    t0 = time.perf_counter()
+    sub = args.subject.removeprefix("sub-")
+    with _progress() as prog, tempfile.TemporaryDirectory(prefix="qsmiron-anat-") as work:
+        task = prog.add_task(f"anatomy sub-{sub}", total=len(_ANATOMY_STAGES), current="")
+
+        def step(name: str) -> None:
+            prog.update(task, completed=_ANATOMY_STAGES.index(name), current=name)
+
+        result = run_anatomy(inputs, work, params, progress=step)
+        step("writing")
+        paths = write_anatomy_derivatives(result, inputs, args.out, sub, args.session)
+        prog.update(task, completed=len(_ANATOMY_STAGES), current="done")
+    m = result.measures
+    console.print(
+        f"anatomy of sub-{sub} in {time.perf_counter() - t0:.0f} s\n"
+        f"  thalamus {m['thalamus_volume_ml']:.2f} mL, chi relative to CSF "
+        f"{m['rel_chi_ppb']:+.1f} ppb (thalamus - CSF), veins excluded "
+        f"{100 * m['vein_fraction_excluded']:.1f}%\n"
+        f"  T2 lesions {m['t2_lesion_volume_ml']:.2f} mL ({m['lesion_count']}), enhancing "
+        f"{m['enhancing_lesion_count']}, grey matter {m['total_gm_volume_ml']:.0f} mL\n"
+        f"  QC flags: {', '.join(result.flags) or 'none'}\n"
+        f"  QC picture: {paths['qc']}", highlight=False)
+    print(paths["measures"])
+    return 0
+
+
 def _invert(args: argparse.Namespace) -> int:
     import numpy as np
 
@@ -319,6 +366,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--phase-range", type=float, nargs=2, metavar=("LO", "HI"),
                    help="raw phase values that map to -pi and +pi")
     p.set_defaults(func=_recon)
+
+    p = sub.add_parser("anatomy", help="thalamus, CSF reference, veins, lesions and volumes",
+                       description="Segment the T1w (template registration, CerebrA labels, "
+                       "tissue classes), find T2 lesions on the FLAIR and enhancing lesions "
+                       "on the post-gadolinium T1w, bring the labels into QSM space, exclude "
+                       "veins from the thalamus, place the CSF reference in the atria and "
+                       "measure. Needs 'qsmiron recon' outputs in DERIV_DIR. Writes BIDS "
+                       "derivatives (dseg, masks, transforms, measures JSON, QC PNG).")
+    p.add_argument("bids_dir")
+    p.add_argument("--subject", required=True)
+    p.add_argument("--session")
+    p.add_argument("--out", required=True, help="derivatives folder (DERIV_DIR)")
+    p.add_argument("--freesurfer", metavar="DIR",
+                   help="FreeSurfer/FastSurfer subject folder: its aseg, aseg.stats and "
+                   "aparc stats replace the built-in segmentation")
+    p.add_argument("--synthseg", metavar="SEG", help="SynthSeg label map (with its "
+                   "_volumes.csv beside it, if any) instead of the built-in segmentation")
+    p.add_argument("--thalamus-mask", metavar="NII",
+                   help="thalamus labels 10/49 (or a mask) in QSM world space")
+    p.add_argument("--csf-ref-mask", metavar="NII", help="CSF reference mask (QSM space)")
+    p.add_argument("--lesion-mask", metavar="NII", help="T2 lesion mask (FLAIR space)")
+    p.add_argument("--vein-mask", metavar="NII", help="vein mask (QSM space)")
+    p.add_argument("--csf-reference", choices=["atrium", "ventricles"], default="atrium",
+                   help="small ROI in each atrium (study) or whole lateral ventricles")
+    p.add_argument("--csf-radius", type=float, default=4.0, metavar="MM",
+                   help="radius of the atrium ROI (default: %(default)s mm)")
+    p.add_argument("--vein-margin", type=float, default=1.0, metavar="MM",
+                   help="margin removed around veins (default: %(default)s mm)")
+    p.add_argument("--gd-entity", default="gadolinium",
+                   help="ce- label of the post-contrast T1w (default: %(default)s)")
+    p.set_defaults(func=_anatomy)
 
     p = sub.add_parser("invert", help="dipole inversion of a local field map",
                        description="Invert a local field (ppm by default) inside a mask. B0 is "

@@ -38,7 +38,6 @@ __all__ = [
     "ASEG_NAMES",
     "Atlas",
     "CEREBRA_TO_ASEG",
-    "atrium_regions",
     "cerebra_to_aseg",
     "load_atlas",
     "tissue_priors",
@@ -251,40 +250,3 @@ def tissue_priors(smooth_mm: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.nd
         out.append(np.where(brain, p, 0.0).astype(np.float32))
     return out[0], out[1], out[2]
 
-
-@functools.lru_cache(maxsize=1)
-def atrium_regions(
-    posterior_range_mm: tuple[float, float] = (2.0, 14.0), radius_mm: float = 12.0
-) -> np.ndarray:
-    """Where to look for the atrium (trigone) of each lateral ventricle, on the template grid.
-
-    The atrium is the part of the lateral ventricle behind the pulvinar, where the body, the
-    occipital and the temporal horns meet. For each side: the centre of the ventricle voxels
-    lying ``posterior_range_mm`` behind the posterior pole of the thalamus, and the ventricle
-    voxels within ``radius_mm`` of it.
-
-    Parameters
-    ----------
-    posterior_range_mm : (float, float)
-        Distance range behind the thalamus's posterior pole, mm.
-    radius_mm : float
-        Radius of the region around its centre, mm.
-
-    Returns
-    -------
-    (X, Y, Z) int8
-        1 left atrium region, 2 right, 0 elsewhere.
-    """
-    atlas = load_atlas()
-    aseg = atlas.aseg
-    out = np.zeros(aseg.shape, np.int8)
-    step = float(atlas.affine[1, 1])  # template: 1 mm, y increases anteriorly
-    for code, (thal, vent) in ((1, (10, 4)), (2, (49, 43))):
-        y_pole = np.nonzero((aseg == thal).any(axis=(0, 2)))[0].min()
-        v = np.argwhere(aseg == vent)
-        dy = (y_pole - v[:, 1]) * step
-        slab = v[(dy >= posterior_range_mm[0]) & (dy <= posterior_range_mm[1])]
-        centre = slab.mean(axis=0)
-        near = np.linalg.norm((v - centre) * step, axis=1) <= radius_mm
-        out[tuple(v[near].T)] = code
-    return out

@@ -4,13 +4,15 @@ The reference study (Chiang et al., AJNR 2018;39:467) measured the thalamus on Q
 internal cerebral veins and basal veins of Rosenthal excluded, and referenced it to "a small
 circular CSF ROI in the atrium of each lateral ventricle, next to the thalamus". Here:
 
+* :func:`atrium_search_regions` - where each atrium is: the part of the lateral ventricle
+  behind the posterior pole of the thalamus (pulvinar), from the subject's own labels.
 * :func:`csf_reference_roi` - per side, voxels of the lateral ventricle (label fraction
-  >= 0.5) inside the atrium search region (:func:`qsmiron.anatomy.atlas.atrium_regions`,
-  warped to the subject), with CSF-like R2* (below half of the brain's median: free water has
-  R2* of a few 1/s, parenchyma 15-25 1/s at 3 T, choroid plexus more), at least
-  ``wall_margin_mm`` from anything that is not such CSF (ventricle wall, choroid plexus,
-  septum: partial volume with tissue would bias the reference), and within ``radius_mm`` of
-  the deepest CSF point of the atrium: a small ball where the study drew a small circle.
+  >= 0.5) inside the atrium search region, with CSF-like R2* (below half of the brain's
+  median: free water has R2* of a few 1/s, parenchyma 15-25 1/s at 3 T, choroid plexus
+  more), at least ``wall_margin_mm`` from anything that is not such CSF (ventricle wall,
+  choroid plexus, septum: partial volume with tissue would bias the reference), and within
+  ``radius_mm`` of the deepest CSF point of the atrium: a small ball where the study drew a
+  small circle.
   ``method="ventricles"`` takes the whole lateral ventricles (same R2* and wall rules) as a
   larger, noisier-but-steadier reference.
 * :func:`thalamus_roi` - the thalamus with veins (and a margin) removed, and the voxels outside
@@ -30,7 +32,14 @@ from scipy import ndimage as ndi
 from qsmiron.anatomy.veins import exclude_veins
 from qsmiron.errors import InputError
 
-__all__ = ["CsfReference", "ThalamusRoi", "csf_reference_roi", "roi_qc", "thalamus_roi"]
+__all__ = [
+    "CsfReference",
+    "ThalamusRoi",
+    "atrium_search_regions",
+    "csf_reference_roi",
+    "roi_qc",
+    "thalamus_roi",
+]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +62,61 @@ def _same_shape(ref: np.ndarray, **arrays: Any) -> None:
         if a is not None and np.shape(a) != ref.shape:
             raise InputError(f"{name} has shape {np.shape(a)}, expected {ref.shape} "
                              "(all ROIs and maps must be on the QSM grid)")
+
+
+def atrium_search_regions(
+    labels: np.ndarray,
+    affine: np.ndarray,
+    posterior_dir: Any = (0.0, -1.0, 0.0),
+    posterior_range_mm: tuple[float, float] = (2.0, 14.0),
+    radius_mm: float = 12.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Where the atrium (trigone) of each lateral ventricle is, from an aseg label map.
+
+    The atrium is the part of the lateral ventricle behind the pulvinar, where the body, the
+    occipital and the temporal horns meet. Per side: the ventricle voxels lying
+    ``posterior_range_mm`` behind the posterior pole of the thalamus (along
+    ``posterior_dir``), their centre, and the ventricle voxels within ``radius_mm`` of it.
+
+    Parameters
+    ----------
+    labels : (X, Y, Z) int
+        aseg-numbered labels (thalamus 10/49, lateral ventricles 4/43).
+    affine : (4, 4) array
+        Voxel-to-world transform of ``labels``.
+    posterior_dir : sequence of 3 float
+        The subject's posterior direction in world (RAS) coordinates: -y for a head in the
+        usual scanner pose, or the template's -y mapped through its registration.
+    posterior_range_mm : (float, float)
+        Distance range behind the thalamus's posterior pole, mm.
+    radius_mm : float
+        Radius of the region around its centre, mm.
+
+    Returns
+    -------
+    left, right : (X, Y, Z) bool
+        Search regions (empty where a thalamus or ventricle label is missing).
+    """
+    lab = np.asarray(labels)
+    aff = np.asarray(affine, float)
+    d = np.asarray(posterior_dir, float)
+    d = d / np.linalg.norm(d)
+    out = []
+    for thal, vent in ((10, 4), (49, 43)):
+        region = np.zeros(lab.shape, bool)
+        t = np.argwhere(lab == thal)
+        v = np.argwhere(lab == vent)
+        if len(t) and len(v):
+            tw = t @ aff[:3, :3].T + aff[:3, 3]
+            vw = v @ aff[:3, :3].T + aff[:3, 3]
+            pole = float((tw @ d).max())
+            behind = vw @ d - pole
+            slab = vw[(behind >= posterior_range_mm[0]) & (behind <= posterior_range_mm[1])]
+            if len(slab):
+                near = np.linalg.norm(vw - slab.mean(axis=0), axis=1) <= radius_mm
+                region[tuple(v[near].T)] = True
+        out.append(region)
+    return out[0], out[1]
 
 
 @dataclass
@@ -183,10 +247,15 @@ def csf_reference_roi(
             deep = cand
         if method == "atrium":
             d = np.where(deep, depth, 0.0)
-            centre = np.array(np.unravel_index(int(np.argmax(d)), d.shape), float)
-            grid = np.indices(r2s.shape, dtype=np.float32)
-            dist2 = sum(((grid[k] - centre[k]) * vs[k]) ** 2 for k in range(3))
-            part = deep & (dist2 <= radius_mm**2)
+            centre = np.array(np.unravel_index(int(np.argmax(d)), d.shape))
+            half = np.ceil(radius_mm / vs).astype(int)
+            lo = np.maximum(centre - half, 0)
+            hi = np.minimum(centre + half + 1, r2s.shape)
+            box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+            grid = np.indices(tuple(hi - lo), dtype=np.float32)
+            dist2 = sum(((grid[k] + lo[k] - centre[k]) * vs[k]) ** 2 for k in range(3))
+            part = np.zeros_like(deep)
+            part[box] = deep[box] & (dist2 <= radius_mm**2)
         else:
             part = deep
         roi |= part

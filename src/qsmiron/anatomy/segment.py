@@ -12,9 +12,11 @@
    subject, as posterior probabilities (partial volume);
 4. MS-specific clean-up: CSF-class voxels are removed from the propagated deep grey nuclei (an
    atrophied thalamus borders a wide third ventricle, which the template does not have) and
-   given to the nearest ventricle; white-matter lesions (T1w-dark, so Atropos calls them grey
-   matter or CSF) are labelled ``WM-hypointensities`` (77) and never count as grey matter, as
-   in FreeSurfer;
+   given to the nearest ventricle; along the thalamus border (2 mm) the subject's T1w moves
+   the boundary with white matter (half-way between the two tissues' own levels);
+   white-matter lesions (T1w-dark, so Atropos calls them grey matter or CSF) are labelled
+   ``WM-hypointensities`` (77) by :func:`add_lesions` and never count as grey matter, as in
+   FreeSurfer;
 5. cortex, white matter and CSF outside the atlas's structures from the tissue classes.
 
 Volumes come from this segmentation at the T1w's own resolution (:func:`structure_volumes`):
@@ -63,6 +65,21 @@ _CORTEX = (3, 42)
 _CEREBELLAR_CORTEX = (8, 47)
 _LESION = 77
 _CSF = 24
+#: Registration QC after the affine stage: the template brain must lie inside the subject's
+#: head, and the T1w intensities of the two brains must rank alike. Measured on a simulated
+#: head: 0.75; with the data reversed anterior-posterior 0.13, superior-inferior 0.09. A
+#: left-right reversal (0.74) cannot be seen in the images (the brain is nearly symmetric):
+#: only the header can tell, so qsmiron trusts it.
+MIN_HEAD_OVERLAP = 0.8
+MIN_SIMILARITY = 0.5
+#: T1w brighter than the white-matter median by this many robust SDs is not brain tissue
+#: (4 SD: a one-sided Gaussian tail of 3e-5, so no real white-matter voxel is lost).
+BRIGHT_K = 4.0
+#: Such bright voxels within this depth of the brain mask's surface are scalp, mm.
+BRIGHT_EDGE_MM = 6.0
+#: Width of the band along the propagated thalamus border that the tissue classes may move,
+#: mm: the residual misregistration of SyN at 2 mm, about one voxel of its grid.
+THALAMUS_BAND_MM = 2.0
 
 
 @dataclass
@@ -157,12 +174,41 @@ def _hemisphere(atlas_affine: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return np.broadcast_to(hemi[:, None, None], shape).copy()
 
 
+def _refine_thalamus(lab: np.ndarray, thal: int, t1w: np.ndarray, tissue: np.ndarray,
+                     p_csf: np.ndarray, brain: np.ndarray, vs: np.ndarray) -> None:
+    """Move one thalamus's border with white matter by intensity (in place)."""
+    t = lab == thal
+    if t.sum() < 50:
+        return
+    d_in = ndi.distance_transform_edt(t, sampling=vs)
+    d_out = ndi.distance_transform_edt(~t, sampling=vs)
+    core = t & (d_in > THALAMUS_BAND_MM)
+    shell = ~t & brain & (d_out > THALAMUS_BAND_MM) & (d_out <= 3 * THALAMUS_BAND_MM + 2.0) \
+        & (tissue == 2) & ((lab == 0) | np.isin(lab, (2, 41)))
+    if core.sum() < 20 or shell.sum() < 20:
+        return
+    it, iw = t1w[core], t1w[shell]
+    mt, mw = float(np.median(it)), float(np.median(iw))
+    spread = 1.4826 * max(float(np.median(np.abs(it - mt))), float(np.median(np.abs(iw - mw))))
+    if abs(mw - mt) < 2.0 * spread:  # no usable contrast: keep the registration's border
+        log.info("thalamus %d: T1w contrast with white matter too low to refine", thal)
+        return
+    nearer_thal = np.abs(t1w - mt) < np.abs(t1w - mw)
+    band_in = t & (d_in <= THALAMUS_BAND_MM)
+    band_out = ~t & brain & (d_out <= THALAMUS_BAND_MM) & ((lab == 0) | np.isin(lab, (2, 41)))
+    lab[band_in & ~nearer_thal & (tissue != 0)] = 0  # white matter: labelled with the rest
+    # growth only into voxels free of CSF: a CSF / white-matter partial-volume voxel has a
+    # thalamus-like T1w too
+    lab[band_out & nearer_thal & (p_csf < 0.1)] = thal
+
+
 def _assemble(
     aseg: np.ndarray,
     hemi: np.ndarray,
     brain: np.ndarray,
     probs: dict[str, np.ndarray],
     vs: np.ndarray,
+    t1w: np.ndarray,
 ) -> np.ndarray:
     """Combine propagated atlas labels with the subject's tissue classes."""
     lab = np.where(brain, aseg, 0).astype(np.int16)
@@ -184,10 +230,17 @@ def _assemble(
     # deep grey nuclei: CSF-class voxels within 5 mm of a ventricle widen that ventricle
     move = deep & csf
     lab[move] = np.where(dist_vent[move] <= 5.0, nearest_vent[move], _CSF)
-    # unlabelled brain and the cortical ribbon: tissue class decides
-    free = brain & ((lab == 0) | np.isin(lab, _CORTEX))
     wm_lab = np.where(left, 2, 41).astype(np.int16)
     ctx_lab = np.where(left, 3, 42).astype(np.int16)
+    # thalamus boundary: within THALAMUS_BAND_MM of the propagated border the subject's own
+    # intensities move it (a registration cannot follow atrophy or enlargement of a few mm):
+    # a voxel is thalamus when its T1w is nearer the thalamus's own level (median of its core)
+    # than the neighbouring white matter's, i.e. when it is at least half thalamus by partial
+    # volume. Skipped when the two levels are not separated by the noise.
+    for thal in (10, 49):
+        _refine_thalamus(lab, thal, t1w, tissue, probs["csf"], brain, vs)
+    # unlabelled brain and the cortical ribbon: tissue class decides
+    free = brain & ((lab == 0) | np.isin(lab, _CORTEX))
     lab[free & (tissue == 2)] = wm_lab[free & (tissue == 2)]
     lab[free & (tissue == 1)] = ctx_lab[free & (tissue == 1)]
     free_csf = free & (tissue == 0)
@@ -348,18 +401,22 @@ def segment_t1w(
 
     t = stage("template registration")
     atlas = load_atlas()
+    where = path if path is not None else None
+
+    def check(head_overlap: float, similarity: float) -> None:
+        if head_overlap < MIN_HEAD_OVERLAP or similarity < MIN_SIMILARITY:
+            raise InputError(
+                "the template could not be registered to this T1w (template brain inside "
+                f"the head {100 * head_overlap:.0f}%, intensity rank correlation "
+                f"{similarity:.2f}, expected > {100 * MIN_HEAD_OVERLAP:.0f}% and > "
+                f"{MIN_SIMILARITY}); check that it is a T1-weighted head image and that its "
+                "header orientation is right (e.g. with fsleyes or mrview)", where)
+
     tr = reg.register_template(corrected, aff, atlas.t1, atlas.affine, atlas.brain_mask,
                                workdir, head_mask=head, skull_stripped=stripped,
-                               syn_resolution_mm=syn_resolution_mm)
+                               syn_resolution_mm=syn_resolution_mm, check=check)
     seconds["registration"] = time.perf_counter() - t
     info["registration"] = tr.info
-    if tr.head_overlap < 0.8 or tr.similarity < 0.5:
-        where = path if path is not None else None
-        raise InputError(
-            "the template could not be registered to this T1w (template brain inside the "
-            f"head {100 * tr.head_overlap:.0f}%, intensity correlation {tr.similarity:.2f}); "
-            "check that it is a T1-weighted head image and that its header orientation is "
-            "right (e.g. with fsleyes or mrview)", where)
 
     t = stage("atlas labels")
     aseg_t = atlas.aseg
@@ -383,8 +440,23 @@ def segment_t1w(
     t = stage("tissue classes")
     priors = [reg.resample(p, atlas.affine, img.shape, aff, tr.transforms)
               for p in tissue_priors()]
-    probs = _atropos(corrected, aff, brain, priors, prior_weight)
-    labels = _assemble(aseg, hemi, brain, probs, vs)
+    # Voxels far brighter than white matter are not brain on a pre-contrast T1w (scalp fat
+    # caught by the brain mask's edge, flow artefacts): they would drag a tissue class of the
+    # mixture model away from brain tissue, so they are left out of it (and of the brain
+    # where they touch its surface).
+    wm_core = brain & (priors[2] > 0.9)
+    ref = corrected[wm_core] if wm_core.sum() > 100 else corrected[brain]
+    med = float(np.median(ref))
+    sd = 1.4826 * float(np.median(np.abs(ref - med)))
+    bright = brain & (corrected > med + BRIGHT_K * max(sd, 1e-6 * abs(med)))
+    depth = ndi.distance_transform_edt(brain, sampling=vs)
+    brain &= ~(bright & (depth <= BRIGHT_EDGE_MM))
+    info["bright_excluded_ml"] = float(bright.sum() * np.prod(vs) / 1000.0)
+    probs = _atropos(corrected, aff, brain & ~bright, priors, prior_weight)
+    for k in ("csf", "gm"):
+        probs[k][bright] = 0.0
+    probs["wm"][bright & brain] = 1.0
+    labels = _assemble(aseg, hemi, brain, probs, vs, corrected)
     seconds["tissue"] = time.perf_counter() - t
     info["seconds"] = seconds
     return T1Segmentation(corrected, aff, brain, labels, probs, tr, info)
