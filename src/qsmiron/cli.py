@@ -392,8 +392,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="small ROI in each atrium (study) or whole lateral ventricles")
     p.add_argument("--csf-radius", type=float, default=4.0, metavar="MM",
                    help="radius of the atrium ROI (default: %(default)s mm)")
-    p.add_argument("--vein-margin", type=float, default=1.0, metavar="MM",
-                   help="margin removed around veins (default: %(default)s mm)")
+    p.add_argument("--vein-margin", type=float, default=0.0, metavar="MM",
+                   help="further margin removed around veins, beyond their one-voxel "
+                   "partial-volume rim (default: %(default)s mm)")
     p.add_argument("--gd-entity", default="gadolinium",
                    help="ce- label of the post-contrast T1w (default: %(default)s)")
     p.set_defaults(func=_anatomy)

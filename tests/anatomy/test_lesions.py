@@ -1,4 +1,11 @@
-"""Tests of qsmiron.anatomy.lesions: real MS patients, a simulated subject, bad inputs."""
+"""Tests of qsmiron.anatomy.lesions: real MS patients, a simulated subject, bad inputs.
+
+Truths used (justified by construction or by experts, never by what the code printed):
+
+* real patients: the multi-rater consensus lesion masks of the open MS database (Lesjak et al.
+  2017), two patients in ``../shared/data/open_ms_data``;
+* simulated subject: the phantom's lesion labels (35, 36) and its lesion volume.
+"""
 
 from __future__ import annotations
 
@@ -26,17 +33,40 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return float(2.0 * np.count_nonzero(a & b) / max(np.count_nonzero(a) + np.count_nonzero(b), 1))
 
 
-# The issue's criterion (Dice >= 0.6 on each patient) is NOT met yet by the intensity-only
-# method: measured Dice 0.36 (patient07) and 0.53 (patient26) with the documented defaults.
-# The remaining false positives are FLAIR-bright grey matter (cingulate, insula,
-# hippocampus) that only an anatomical prior (``wm_prior`` from the atlas registration of
-# issue item 1) can remove. A strict xfail: the numbers are reported every run, and the test
-# fails (XPASS) as soon as the criterion is met, so that the marker is then removed.
-@pytest.mark.xfail(strict=True, reason="open (issue 4): automatic Dice 0.36 / 0.53 on "
-                   "patient07 / patient26; Dice >= 0.6 needs the atlas tissue prior")
-@pytest.mark.parametrize("patient", ["patient07", "patient26"])
-def test_real_patients_dice(patient: str, record_property) -> None:
-    """Automatic segmentation against the multi-rater consensus (Lesjak et al. 2017)."""
+# Issue criterion: automatic lesion Dice >= 0.6 on each patient, Dice and volume error reported.
+# patient26 (8.2 mL) meets it (Dice 0.74). patient07 (1.3 mL in 37 lesions, most under 30
+# voxels, many under 3 NAWM SDs) does not: Dice 0.37-0.39. Even a voxel threshold scored only
+# within 3 mm of the true lesions (perfect detection, no false positive anywhere else) reaches
+# at most 0.66 on this patient; the remaining false positives are periventricular caps
+# anterior to the frontal horns (a normal finding) and FLAIR-bright midbrain white matter.
+# A strict xfail on the Dice assertion only (an error anywhere else still fails): the numbers
+# are printed every run and the test fails (XPASS) once the criterion is met, so that the
+# marker is then removed.
+PATIENTS = [
+    pytest.param(
+        "patient07",
+        marks=pytest.mark.xfail(
+            strict=True,
+            raises=AssertionError,
+            reason="open (issue 4): patient07 (1.3 mL, small faint lesions) Dice 0.37-0.39 < 0.6",
+        ),
+    ),
+    "patient26",
+]
+
+
+@pytest.mark.parametrize("patient", PATIENTS)
+def test_real_patients_dice(patient: str, record_property, tmp_path) -> None:
+    """Automatic segmentation against the multi-rater consensus (Lesjak et al. 2017).
+
+    The fully automatic chain a user runs: the built-in T1w segmentation
+    (:func:`qsmiron.anatomy.segment.segment_t1w`: N4, ICBM152 registration, Atropos tissue
+    posteriors) gives the tissue priors and the CerebrA atlas propagated through its
+    registration (``atlas_labels``) the lesion-blind anatomical labels; then
+    :func:`segment_lesions` with its defaults. FLAIR and T1w of the database share one
+    grid (MNI152, 1 mm).
+    """
+    from qsmiron.anatomy.segment import segment_t1w
     from qsmiron.io.nifti import load_nifti, voxel_size
 
     folder = DATA / patient
@@ -47,21 +77,33 @@ def test_real_patients_dice(patient: str, record_property) -> None:
     gold = load_nifti(next(folder.glob("GOLD_STANDARD_*.nii.gz")))[0] > 0.5
     brain = ndi.binary_fill_holes(flair > 0)
     vs = voxel_size(aff)
+
     t0 = time.perf_counter()
-    res = segment_lesions(flair, brain, vs, t1w=t1)
-    runtime = time.perf_counter() - t0
+    seg = segment_t1w(t1, aff, tmp_path, brain_mask=brain)
+    labels = seg.atlas_labels
+    t_seg = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    res = segment_lesions(
+        flair, brain, vs, t1w=seg.t1w, wm_prior=seg.probs["wm"], gm_prior=seg.probs["gm"],
+        csf_prior=seg.probs["csf"], labels=np.rint(labels).astype(np.int16),
+    )
+    t_les = time.perf_counter() - t0
     d = dice(res.mask, gold)
     true_ml = lesion_volume_ml(gold, vs)
     err = (res.volume_ml - true_ml) / true_ml
     msg = (
         f"{patient}: Dice {d:.3f}, volume {res.volume_ml:.2f} mL vs {true_ml:.2f} mL "
-        f"({100 * err:+.0f}%), count {res.count}, {runtime:.1f} s"
+        f"({100 * err:+.0f}%), count {res.count}, T1w segmentation {t_seg:.0f} s, "
+        f"lesions {t_les:.1f} s"
     )
     print(msg)
     log.info(msg)
     record_property("dice", d)
     record_property("volume_error", err)
+    record_property("runtime_s", t_seg + t_les)
     assert res.mask.dtype == bool and res.labels.max() == res.count
+    assert res.diagnostics["reference"] == "tissue priors" and res.diagnostics["labels"]
     assert d >= 0.6, msg
 
 
@@ -90,6 +132,46 @@ def test_phantom_automatic(phantom_subject, record_property) -> None:
     print(msg, "count", res.count, "truth", ph.truth["lesion_count"])
     record_property("dice", d)
     record_property("volume_error", err)
+    assert abs(err) <= 0.2, msg
+    assert d >= 0.7, msg
+
+
+# phantom label -> FreeSurfer aseg number, lesion-blind (lesions are white matter, as in an
+# atlas propagated by registration); tissue class of each phantom label as a T1w classifier
+# sees it: lesions are T1w-dark, so grey matter.
+_PHANTOM_ASEG = {4: 24, 5: 3, 6: 2, 7: 4, 8: 43, 9: 4, 10: 43, 11: 14, 12: 15, 13: 10, 14: 49,
+                 15: 11, 16: 50, 17: 12, 18: 51, 19: 13, 20: 52, 21: 16, 22: 16, 23: 16, 24: 16,
+                 25: 7, 26: 46, 27: 8, 28: 7, 29: 16, 30: 28, 31: 2, 32: 2, 33: 2, 34: 31,
+                 35: 2, 36: 2}
+
+
+def test_phantom_with_priors(phantom_subject, record_property) -> None:
+    """The anatomical rules (tissue priors + labels) on the phantom, priors from its truth.
+
+    Priors as an ideal T1w classifier gives them (lesions in the grey-matter class) and labels
+    as an ideal lesion-blind atlas; the FLAIR is the simulated, noisy, biased acquisition.
+    """
+    from qsmiron.simulate import tissues as T
+
+    ph, sc = phantom_subject
+    lab = ph.labels
+    truth = np.isin(lab, T.LESIONS)
+    lut = np.zeros(int(lab.max()) + 1, np.int16)
+    for k, v in _PHANTOM_ASEG.items():
+        lut[k] = v
+    aseg = lut[lab]
+    wm = np.isin(lab, (6, 28, 29)).astype(np.float32)
+    csf = np.isin(lab, T.CSF_LABELS).astype(np.float32)
+    gm = (ph.brain_mask & (wm == 0) & (csf == 0)).astype(np.float32)
+    res = segment_lesions(sc.flair, ph.brain_mask, (1.0, 1.0, 1.0), t1w=sc.t1w, wm_prior=wm,
+                          gm_prior=gm, csf_prior=csf, labels=aseg)
+    d = dice(res.mask, truth)
+    true_ml = ph.truth["t2_lesion_volume_ml"]
+    err = (res.volume_ml - true_ml) / true_ml
+    msg = f"phantom, priors: Dice {d:.3f}, volume {res.volume_ml:.2f} vs {true_ml:.2f} mL"
+    print(msg, f"({100 * err:+.0f}%)")
+    record_property("dice", d)
+    assert res.diagnostics["reference"] == "tissue priors"
     assert abs(err) <= 0.2, msg
     assert d >= 0.7, msg
 
@@ -148,6 +230,13 @@ def test_bad_inputs() -> None:
         segment_lesions(f, brain, (1, 1, 0))
     with pytest.raises(InputError):
         segment_lesions(f, brain, (1, 1, 1), t1w=f[:, :, :-1])
+    with pytest.raises(InputError):  # a grey-matter prior without the white-matter one
+        segment_lesions(f, brain, (1, 1, 1), gm_prior=f)
+    with pytest.raises(InputError):
+        segment_lesions(f, brain, (1, 1, 1), wm_prior=f, gm_prior=f,
+                        labels=np.zeros((30, 30, 29), int))
+    with pytest.raises(InputError):
+        segment_lesions(f, brain, (1, 1, 1), opening_radius_mm=-1.0)
     with pytest.raises(InputError):
         grow_lesions(f, [(40, 0, 0)], brain, (1, 1, 1))
     with pytest.raises(InputError):

@@ -109,21 +109,27 @@ def test_qc_flags_for_a_bad_user_reference(scene) -> None:
     assert {"thalamus_left_small", "thalamus_right_small"} <= set(flags)
 
 
-def test_thalamus_veins_excluded_with_margin() -> None:
+def test_thalamus_vein_and_csf_rims_excluded() -> None:
     shape = (40, 40, 40)
     thal = _ball(shape, (20, 20, 20), 10)
     veins = np.zeros(shape, bool)
     veins[20, 20, :] = True  # a vein through the middle
+    csf = np.zeros(shape, bool)
+    csf[:, :, :12] = True  # CSF below z = 12
     mask = np.ones(shape, bool)
-    roi = thalamus_roi(thal, np.zeros(shape, bool), veins, mask, 1.0, vein_margin_mm=1.0)
-    # removed: thalamus voxels within 1 mm of the vein line (x - 20)^2 + (y - 20)^2 <= 1
     g = np.indices(shape)
+    roi = thalamus_roi(thal, np.zeros(shape, bool), veins, mask, 1.0, csf=csf)
+    # vein and its one-voxel (26-neighbour) rim: the 3x3 column around x = y = 20
+    vein_rim = thal & (np.abs(g[0] - 20) <= 1) & (np.abs(g[1] - 20) <= 1)
+    csf_rim = thal & ~vein_rim & (g[2] <= 12)
+    np.testing.assert_array_equal(thal & ~roi.left, vein_rim | csf_rim)
+    assert roi.vein_fraction_excluded == pytest.approx(vein_rim.sum() / thal.sum())
+    assert roi.csf_rim_fraction == pytest.approx(csf_rim.sum() / thal.sum())
+    # rim 0 and a 1 mm margin: the vein and its 4 in-plane face neighbours (distance 1 mm)
+    roi0 = thalamus_roi(thal, np.zeros(shape, bool), veins, mask, 1.0, 1.0, rim_voxels=0)
     expected = thal & ((g[0] - 20) ** 2 + (g[1] - 20) ** 2 <= 1)
-    removed = thal & ~roi.left
-    np.testing.assert_array_equal(removed, expected)
-    assert removed.sum() == 19 * 5 + 2  # 5 per slice; the two pole slices hold the vein only
-    assert roi.vein_fraction_excluded == pytest.approx(removed.sum() / thal.sum())
-    assert roi.outside_qsm_fraction == 0.0
+    np.testing.assert_array_equal(thal & ~roi0.left, expected)
+    assert roi0.outside_qsm_fraction == 0.0
 
 
 def test_bad_inputs() -> None:

@@ -83,7 +83,7 @@ CSF_REF_LEFT, CSF_REF_RIGHT, VEIN_EXCLUDED = 9001, 9002, 9003
 EXTRA_LABELS = {
     CSF_REF_LEFT: "CSF-reference-left",
     CSF_REF_RIGHT: "CSF-reference-right",
-    VEIN_EXCLUDED: "thalamus-vein-excluded",
+    VEIN_EXCLUDED: "thalamus-excluded-vein-or-CSF-rim",
 }
 #: Coverage after a rigid registration (fraction of the fixed image's mask inside the
 #: registered moving image's mask) below which the two images are taken not to show the same
@@ -156,7 +156,9 @@ class AnatomyParams:
     csf_radius_mm : float
         Radius of the atrium ROI, mm.
     vein_margin_mm : float
-        Margin around veins removed from the thalamus, mm.
+        Further margin around veins removed from the thalamus, mm (beyond the rim).
+    rim_voxels : int
+        Partial-volume rim around veins and CSF left out of the thalamus measure, voxels.
     vein_chi_threshold_ppm : float
         Paramagnetic threshold of the vein detection, ppm above local tissue.
     thickness_method : {"laplace", "distance"}
@@ -167,7 +169,8 @@ class AnatomyParams:
 
     csf_reference: str = "atrium"
     csf_radius_mm: float = 4.0
-    vein_margin_mm: float = 1.0
+    vein_margin_mm: float = 0.0
+    rim_voxels: int = 1
     vein_chi_threshold_ppm: float = 0.15
     thickness_method: str = "laplace"
     syn_resolution_mm: float = 2.0
@@ -186,7 +189,7 @@ class AnatomyResult:
         QC flags.
     qsm_labels : (X, Y, Z) int16
         Label map on the QSM grid (aseg numbering; thalamus as measured, CSF reference
-        9001/9002, veins removed from the thalamus 9003).
+        9001/9002, thalamus voxels left out as vein or CSF partial-volume rim 9003).
     t1_labels : (X, Y, Z) int16 or None
         Label map on the T1w grid.
     thalamus : ThalamusRoi
@@ -417,7 +420,7 @@ def run_anatomy(
                 kw = {"wm_prior": to_flair(seg.probs["wm"]),
                       "gm_prior": to_flair(seg.probs["gm"]),
                       "csf_prior": to_flair(seg.probs["csf"]),
-                      "labels": to_flair(seg.labels.astype(np.float32),
+                      "labels": to_flair(seg.atlas_labels.astype(np.float32),
                                          "genericLabel").astype(np.int16)}
             res = segment_lesions(fl.data, brain_f, fl.voxel_size, t1w=to_flair(t1_ref), **kw)
             lesions_img = Image(res.mask, fl.affine, fl.path)
@@ -549,7 +552,9 @@ def run_anatomy(
     else:
         veins = vein_mask(chi, mag.data, qmask, vs_q, p.vein_chi_threshold_ppm)
         sources["veins"] = "builtin"
-    thal = thalamus_roi(th_l, th_r, veins, qmask, vs_q, p.vein_margin_mm)
+    csf_q = np.isin(q_labels, (4, 5, 14, 15, 24, 43, 44))
+    thal = thalamus_roi(th_l, th_r, veins, qmask, vs_q, p.vein_margin_mm, csf=csf_q,
+                        rim_voxels=p.rim_voxels)
 
     # CSF reference
     if inp.csf_ref_mask is not None:
@@ -588,6 +593,7 @@ def run_anatomy(
         roi = np.isin(q_labels, (lab_l, lab_r)) & qmask
         measures[f"{name}_rel_chi_ppb"] = ppb * (_mean(chi, roi) - csf_chi)
     measures["vein_fraction_excluded"] = thal.vein_fraction_excluded
+    measures["csf_rim_fraction_excluded"] = thal.csf_rim_fraction
     measures["csf_ref_volume_mm3"] = float(csf.sum() * np.prod(vs_q))
     if ref is not None:
         for side, d in ref.sides.items():
@@ -748,13 +754,17 @@ def write_anatomy_derivatives(
 ) -> dict[str, Path]:
     """Write the anatomy stage's outputs as BIDS derivatives under ``DERIV_DIR/qsmiron/``.
 
-    Files in ``sub-X[/ses-Y]/anat/`` (``sub-X[_ses-Y]_`` prefix): ``space-qsm_dseg.nii.gz``
-    and ``.tsv`` (labels as measured: aseg numbering, CSF reference 9001/9002, thalamus
-    voxels removed as vein 9003), ``space-qsm_desc-veins_mask``, ``space-qsm_desc-csfref_mask``,
-    ``space-T1w_dseg`` (+ ``.tsv``), ``space-T1w_label-{CSF,GM,WM}_probseg``,
-    ``space-FLAIR_desc-lesions_mask``, ``space-T1w_desc-enhancing_mask``, the transforms
-    (``from-A_to-B_mode-image_xfm.mat`` / ``.nii.gz``), ``desc-anatomy_measures.json`` (every
-    measure, QC flag, source and parameter); and ``figures/sub-X_desc-anatomy_qc.png``.
+    Files in ``sub-X[/ses-Y]/anat/`` (``sub-X[_ses-Y]_`` prefix):
+
+    * ``space-qsm_dseg.nii.gz`` and ``.tsv``: labels as measured (aseg numbering, CSF
+      reference 9001/9002, thalamus voxels left out as vein or CSF rim 9003);
+    * ``space-qsm_desc-veins_mask``, ``space-qsm_desc-csfref_mask``;
+    * ``space-T1w_dseg`` (+ ``.tsv``), ``space-T1w_label-{CSF,GM,WM}_probseg``;
+    * ``space-FLAIR_desc-lesions_mask``, ``space-T1w_desc-enhancing_mask``;
+    * the transforms, ``from-A_to-B_mode-image[_desc-D]_xfm.mat`` / ``.nii.gz`` (ANTs);
+    * ``desc-anatomy_measures.json``: every measure, QC flag, source and parameter;
+
+    and ``sub-X/figures/sub-X_desc-anatomy_qc.png``.
 
     Returns
     -------

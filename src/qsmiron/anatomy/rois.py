@@ -281,11 +281,14 @@ class ThalamusRoi:
     Attributes
     ----------
     left, right : (X, Y, Z) bool
-        Thalamus voxels kept (veins and their margin removed, inside the QSM mask).
+        Thalamus voxels measured: inside the QSM mask, veins and the partial-volume rims of
+        veins and CSF removed.
     left_before_veins, right_before_veins : (X, Y, Z) bool
-        Inside the QSM mask, before vein exclusion.
+        Inside the QSM mask, before any exclusion.
     vein_fraction_excluded : float
-        Fraction of the (both-sided) thalamus removed as vein.
+        Fraction of the (both-sided) thalamus removed as vein or vein rim.
+    csf_rim_fraction : float
+        Fraction removed as the partial-volume rim with CSF (ventricles).
     outside_qsm_fraction : float
         Fraction of the thalamus label outside the valid QSM region.
     """
@@ -296,11 +299,19 @@ class ThalamusRoi:
     right_before_veins: np.ndarray
     vein_fraction_excluded: float
     outside_qsm_fraction: float
+    csf_rim_fraction: float = 0.0
 
     @property
     def both(self) -> np.ndarray:
         """Left and right together."""
         return self.left | self.right
+
+
+def _rim(mask: np.ndarray, voxels: int) -> np.ndarray:
+    """``mask`` grown by ``voxels`` layers of 26-neighbours (its partial-volume rim)."""
+    if voxels <= 0 or not mask.any():
+        return mask
+    return ndi.binary_dilation(mask, structure=np.ones((3, 3, 3), bool), iterations=voxels)
 
 
 def thalamus_roi(
@@ -309,9 +320,20 @@ def thalamus_roi(
     veins: np.ndarray | None,
     mask: np.ndarray,
     voxel_size: Any,
-    vein_margin_mm: float = 1.0,
+    vein_margin_mm: float = 0.0,
+    *,
+    csf: np.ndarray | None = None,
+    rim_voxels: int = 1,
 ) -> ThalamusRoi:
-    """The thalamus on QSM with veins excluded.
+    """The thalamus on QSM with veins, and the partial-volume rims of veins and CSF, excluded.
+
+    A voxel that touches a vein or CSF (26-neighbourhood) shares some of its volume with it
+    on a voxelised, blurred image: a vein (+0.45 ppm) in 10% of a thalamus voxel adds 45 ppb,
+    and ventricular CSF raises a negative thalamic value towards 0. On simulated heads at
+    2 mm the true thalamus label, averaged with its rim, reads +3 to +3.5 ppb high, its core
+    +0.0 to +0.3 ppb. The study avoided both by drawing inside the thalamus and nudging veins
+    out by hand; here one voxel around each is removed from the measurement (the thalamic
+    volume is measured on the T1w, not on this ROI).
 
     Parameters
     ----------
@@ -324,8 +346,11 @@ def thalamus_roi(
     voxel_size : sequence of 3 float
         Voxel size, mm.
     vein_margin_mm : float
-        Margin grown around the veins before exclusion (their partial-volume and blurring
-        rim), mm.
+        Further margin around the veins (after the one-voxel rim), mm.
+    csf : (X, Y, Z) bool, optional
+        CSF (ventricles) on the QSM grid, whose rim is removed.
+    rim_voxels : int
+        Width of the removed rims, voxels (0 removes the vein voxels only).
 
     Returns
     -------
@@ -333,18 +358,26 @@ def thalamus_roi(
     """
     qsm = np.asarray(mask, bool)
     vs = _vs(voxel_size)
-    _same_shape(qsm, thalamus_left=thalamus_left, thalamus_right=thalamus_right, veins=veins)
+    _same_shape(qsm, thalamus_left=thalamus_left, thalamus_right=thalamus_right, veins=veins,
+                csf=csf)
     tl = np.asarray(thalamus_left, bool)
     tr = np.asarray(thalamus_right, bool)
     n_all = int(tl.sum() + tr.sum())
     inside_l, inside_r = tl & qsm, tr & qsm
     outside = 1.0 - (inside_l.sum() + inside_r.sum()) / n_all if n_all else 0.0
-    vn = np.zeros_like(qsm) if veins is None else np.asarray(veins, bool)
+    vn = np.zeros_like(qsm) if veins is None else _rim(np.asarray(veins, bool), rim_voxels)
     kept_l, _ = exclude_veins(inside_l, vn, vein_margin_mm, vs)
     kept_r, _ = exclude_veins(inside_r, vn, vein_margin_mm, vs)
     n_in = int(inside_l.sum() + inside_r.sum())
     frac = 1.0 - (kept_l.sum() + kept_r.sum()) / n_in if n_in else 0.0
-    return ThalamusRoi(kept_l, kept_r, inside_l, inside_r, float(frac), float(outside))
+    rim_frac = 0.0
+    if csf is not None:
+        near = _rim(np.asarray(csf, bool), rim_voxels)
+        n_kept = int(kept_l.sum() + kept_r.sum())
+        kept_l, kept_r = kept_l & ~near, kept_r & ~near
+        rim_frac = (n_kept - int(kept_l.sum() + kept_r.sum())) / n_in if n_in else 0.0
+    return ThalamusRoi(kept_l, kept_r, inside_l, inside_r, float(frac), float(outside),
+                       float(rim_frac))
 
 
 def roi_qc(
