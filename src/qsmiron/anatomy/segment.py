@@ -22,9 +22,9 @@
 Volumes come from this segmentation at the T1w's own resolution (:func:`structure_volumes`):
 thalamus left/right as label voxels (majority labels: partial volume at the border cancels on
 average, where weighting the labelled voxels alone by tissue fractions would not); total grey
-matter as FreeSurfer's TotalGray (cortex + subcortical grey + cerebellar cortex): ``P(GM)``
-summed over the brain, with the subcortical grey nuclei counted by ``1 - P(CSF)`` (they are
-darker than white matter on T1w but not grey-matter-dark, so the tissue classes split them).
+matter as FreeSurfer's TotalGray (cortex + subcortical grey + cerebellar cortex): grey-matter
+fractions (:func:`partial_volumes`, a mixel model) summed over the brain, with the subcortical
+grey nuclei counted whole but for their CSF (they lie between grey and white matter on T1w).
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ from qsmiron.recon.mask import head_mask
 __all__ = [
     "DEEP_GREY",
     "add_lesions",
+    "partial_volumes",
     "T1Segmentation",
     "VENTRICLES",
     "segment_t1w",
@@ -296,13 +297,53 @@ def add_lesions(seg: T1Segmentation, lesions: np.ndarray) -> T1Segmentation:
     return seg
 
 
+def partial_volumes(seg: T1Segmentation) -> dict[str, np.ndarray]:
+    """Tissue fractions per voxel by the two-compartment mixel model along the T1w axis.
+
+    Posterior probabilities say which class a voxel most likely belongs to, not how much of
+    each tissue it holds: a voxel half cortex and half sulcal CSF is usually called grey
+    matter with P close to 1. Volumes therefore come from fractions: a voxel whose T1w lies
+    between the CSF and grey-matter levels (the medians of voxels with posterior > 0.9) is a
+    linear mix of the two, one between grey and white matter a mix of those (the partial
+    volume model of FSL FAST and SPM; Santago & Gage, IEEE TMI 1993;12:566).
+
+    Parameters
+    ----------
+    seg : T1Segmentation
+        The segmentation.
+
+    Returns
+    -------
+    dict
+        ``"csf"``, ``"gm"``, ``"wm"`` -> (X, Y, Z) float32 fractions summing to 1 in the brain.
+    """
+    t = seg.t1w
+    b = seg.brain_mask
+
+    def level(p: np.ndarray) -> float:
+        m = b & (p > 0.9)
+        return float(np.median(t[m])) if m.sum() > 10 else float("nan")
+
+    mc, mg, mw = (level(seg.probs[k]) for k in ("csf", "gm", "wm"))
+    if not (np.isfinite([mc, mg, mw]).all() and mc < mg < mw):  # no ordered levels: posteriors
+        log.warning("tissue levels not ordered (%.3g, %.3g, %.3g): volumes from posteriors",
+                    mc, mg, mw)
+        return {k: v.copy() for k, v in seg.probs.items()}
+    low = t <= mg
+    gm = np.clip(np.where(low, (t - mc) / (mg - mc), (mw - t) / (mw - mg)), 0.0, 1.0)
+    csf = np.where(low, 1.0 - gm, 0.0)
+    wm = np.where(low, 0.0, 1.0 - gm)
+    out = {"csf": csf, "gm": gm, "wm": wm}
+    return {k: np.where(b, v, 0.0).astype(np.float32) for k, v in out.items()}
+
+
 def structure_volumes(seg: T1Segmentation) -> dict[str, float]:
     """Volumes (mL) of the thalami, total grey matter and the brain from a segmentation.
 
     Parameters
     ----------
     seg : T1Segmentation
-        The segmentation (tissue posteriors give the partial volumes).
+        The segmentation (:func:`partial_volumes` gives the tissue fractions).
 
     Returns
     -------
@@ -313,15 +354,16 @@ def structure_volumes(seg: T1Segmentation) -> dict[str, float]:
     """
     vox_ml = float(np.prod(seg.voxel_size)) / 1000.0
     lab = seg.labels
-    not_csf = 1.0 - seg.probs["csf"]
+    pv = partial_volumes(seg)
     lesion = lab == _LESION
     deep = np.isin(lab, DEEP_GREY)
-    gm = np.where(deep, not_csf, seg.probs["gm"])
+    # the deep nuclei lie between grey and white matter on T1w: all of them but their CSF
+    gm = np.where(deep, 1.0 - pv["csf"], pv["gm"])
     gm[lesion | ~seg.brain_mask] = 0.0
     gm[np.isin(lab, VENTRICLES)] = 0.0
     left = float(np.count_nonzero(lab == 10)) * vox_ml
     right = float(np.count_nonzero(lab == 49)) * vox_ml
-    ctx = float(seg.probs["gm"][np.isin(lab, _CORTEX)].sum()) * vox_ml
+    ctx = float(pv["gm"][np.isin(lab, _CORTEX)].sum()) * vox_ml
     return {
         "thalamus_left_volume_ml": left,
         "thalamus_right_volume_ml": right,
