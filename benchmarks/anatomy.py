@@ -38,6 +38,29 @@ def _baseline(t1w_path: Path) -> float:
     return time.perf_counter() - t0
 
 
+def _accuracy(res, truth_dir: Path) -> None:
+    """Thalamus Dice and volumes against the simulator's truth (same grid as the T1w)."""
+    import json
+
+    import numpy as np
+
+    from qsmiron.io.nifti import load_nifti
+
+    truth = json.loads((truth_dir / "sub-001_truth.json").read_text())
+    labels = load_nifti(truth_dir / "sub-001_dseg.nii.gz", dtype=None)[0]
+    seg = res.segmentation.labels
+    for code, true_code, side in ((10, 13, "left"), (49, 14, "right")):
+        a, b = seg == code, labels == true_code
+        d = 2.0 * np.count_nonzero(a & b) / (np.count_nonzero(a) + np.count_nonzero(b))
+        print(f"  thalamus {side}: Dice {d:.3f}, {res.measures[f'thalamus_{side}_volume_ml']:.2f}"
+              f" mL (truth {truth[f'thalamus_{side}_volume_ml']:.2f})")
+    m = res.measures
+    print(f"  rel chi {m['rel_chi_ppb']:+.1f} ppb (truth {truth['rel_chi_ppb']:+.1f}); grey "
+          f"matter {m['total_gm_volume_ml']:.0f} mL (truth {truth['total_gm_volume_ml']:.0f}); "
+          f"lesions {m['t2_lesion_volume_ml']:.1f} mL (truth {truth['t2_lesion_volume_ml']:.1f}); "
+          f"enhancing {m['enhancing_lesion_count']} (truth {truth['enhancing_lesion_count']})")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--voxel-size", type=float, default=1.0)
@@ -57,6 +80,7 @@ def main() -> None:
         res = run_anatomy(inputs, out / "work")
         total = time.perf_counter() - t0
         base = _baseline(inputs.t1w.path)
+        _accuracy(res, out / "truth" / "sub-001")
     for name, sec in res.seconds.items():
         print(f"  {name:<20s} {sec:6.1f} s")
     seg = res.info.get("segmentation", {}).get("seconds", {})

@@ -11,8 +11,9 @@
    (:func:`qsmiron.anatomy.enhancing.enhancing_lesions`);
 4. volumes (thalamus, total grey matter) and cortical thickness on the T1w grid;
 5. T1w -> GRE magnitude (rigid), labels into QSM space by majority of per-label linear
-   interpolation (partial volume), the thalamus with veins excluded
-   (:func:`qsmiron.anatomy.veins.vein_mask`), the CSF reference in the atria
+   interpolation (partial volume), the thalamus with veins (searched within 15 mm of the
+   thalami, :func:`qsmiron.anatomy.veins.vein_mask`) and the partial-volume rims of veins
+   and CSF excluded, the CSF reference in the atria
    (:func:`qsmiron.anatomy.rois.csf_reference_roi`);
 6. measures (susceptibility of the thalamus and the deep grey nuclei relative to the CSF
    reference, volumes, lesion burden) and QC flags.
@@ -276,6 +277,28 @@ def _brain_overlap_check(tx: reg.LinearTransform, what: str, moving: Image,
         flags.append(f"{code}_large_motion")
         log.warning("%s: head moved %.0f deg / %.0f mm between the scans", what,
                     tx.rotation_deg, tx.translation_mm)
+
+
+#: Veins are searched within this distance of the thalami, mm: the internal cerebral veins,
+#: basal veins of Rosenthal and thalamostriate veins lie on or beside them, and the vein
+#: filter's largest scale and local background need a few mm more.
+VEIN_SEARCH_MM = 15.0
+
+
+def _veins_near(chi: np.ndarray, magnitude: np.ndarray, mask: np.ndarray, vs: np.ndarray,
+                near: np.ndarray, threshold_ppm: float) -> np.ndarray:
+    """Veins within :data:`VEIN_SEARCH_MM` of ``near`` (the whole brain if it is empty)."""
+    if not near.any():
+        return vein_mask(chi, magnitude, mask, vs, threshold_ppm)
+    idx = np.argwhere(near)
+    pad = np.ceil(VEIN_SEARCH_MM / vs).astype(int)
+    lo = np.maximum(idx.min(axis=0) - pad, 0)
+    hi = np.minimum(idx.max(axis=0) + pad + 1, chi.shape)
+    box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+    out = np.zeros(chi.shape, bool)
+    if mask[box].any():
+        out[box] = vein_mask(chi[box], magnitude[box], mask[box], vs, threshold_ppm)
+    return out
 
 
 def _mean(values: np.ndarray, roi: np.ndarray) -> float:
@@ -550,7 +573,8 @@ def run_anatomy(
         veins = _user_mask_on(qsm, inp.vein_mask, "vein mask")
         sources["veins"] = f"user:{inp.vein_mask.path}"
     else:
-        veins = vein_mask(chi, mag.data, qmask, vs_q, p.vein_chi_threshold_ppm)
+        veins = _veins_near(chi, mag.data, qmask, vs_q, th_l | th_r,
+                            p.vein_chi_threshold_ppm)
         sources["veins"] = "builtin"
     csf_q = np.isin(q_labels, (4, 5, 14, 15, 24, 43, 44))
     thal = thalamus_roi(th_l, th_r, veins, qmask, vs_q, p.vein_margin_mm, csf=csf_q,

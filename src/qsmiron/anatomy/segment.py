@@ -156,20 +156,64 @@ def _atropos(
     brain: np.ndarray,
     priors: list[np.ndarray],
     prior_weight: float,
+    grid_mm: float = 2.0,
 ) -> dict[str, np.ndarray]:
-    """Atropos CSF/GM/WM posteriors with template priors (classes in the priors' order)."""
+    """CSF/GM/WM posteriors: Atropos with template priors, then one full-resolution E-step.
+
+    Atropos (EM with a Markov random field) runs on a ``grid_mm`` grid (an eighth of the
+    voxels of a 1 mm image, and most of the stage's time otherwise); its posteriors,
+    interpolated back, are the spatial prior of one expectation step on the full-resolution
+    T1w with the Gaussian class models (mean and SD weighted by those posteriors), so fine
+    detail (the cortical ribbon) comes from the image at its own resolution.
+    """
     ants = reg._ants()
-    img = reg.to_ants(t1w, affine)
-    msk = reg.to_ants(brain.astype(np.float32), affine)
-    pri = [reg.to_ants(p, affine) for p in priors]
+    names = ("csf", "gm", "wm")
+    # on the brain's bounding box only (a third of a head-sized grid)
+    idx = np.argwhere(brain)
+    lo = np.maximum(idx.min(axis=0) - 2, 0)
+    hi = np.minimum(idx.max(axis=0) + 3, brain.shape)
+    box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+    aff = np.asarray(affine, float).copy()
+    aff[:3, 3] = aff[:3, :3] @ lo + aff[:3, 3]
+    t_b, m_b = t1w[box], brain[box]
+    coarse = float(np.sqrt((aff[:3, :3] ** 2).sum(0)).min()) < grid_mm - 1e-3
+
+    def grid(a: np.ndarray) -> Any:
+        return reg._on_grid(a, aff, grid_mm) if coarse else reg.to_ants(a, aff)
+
+    img = grid(t_b)
+    msk = grid(m_b.astype(np.float32))
+    msk = msk.new_image_like((msk.numpy() >= 0.5).astype(np.float32))
+    pri = [grid(p[box]) for p in priors]
     out = ants.atropos(a=img, x=msk, i=pri, m="[0.1,1x1x1]", c="[5,0]",
                        priorweight=prior_weight)
-    probs = [np.where(brain, p.numpy(), 0.0).astype(np.float32)
-             for p in out["probabilityimages"]]
-    s = probs[0] + probs[1] + probs[2]
-    s[s == 0] = 1.0
-    return {k: (p / s).astype(np.float32) for k, p in zip(("csf", "gm", "wm"), probs,
-                                                           strict=True)}
+    post = []
+    for p in out["probabilityimages"]:
+        if coarse:
+            data, p_aff = reg.from_ants(p)
+            p_full = reg.resample(data, p_aff, t_b.shape, aff, [], interpolation="linear")
+        else:
+            p_full = p.numpy()
+        post.append(np.clip(p_full, 0.0, 1.0).astype(np.float32))
+    if coarse:
+        # one E-step at full resolution: prior (coarse posterior) x Gaussian likelihood
+        vals = t_b[m_b].astype(np.float64)
+        lik = []
+        for p in post:
+            w = p[m_b].astype(np.float64)
+            mu = float((w * vals).sum() / max(w.sum(), 1e-9))
+            sd = float(np.sqrt((w * (vals - mu) ** 2).sum() / max(w.sum(), 1e-9)))
+            sd = max(sd, 1e-6 * max(abs(mu), 1.0))
+            lik.append(np.exp(-0.5 * ((t_b - mu) / sd) ** 2) / sd)
+        post = [np.maximum(p, 1e-4) * lk for p, lk in zip(post, lik, strict=True)]
+    total = post[0] + post[1] + post[2]
+    total[total == 0] = 1.0
+    res = {}
+    for k, p in zip(names, post, strict=True):
+        full = np.zeros(brain.shape, np.float32)
+        full[box] = np.where(m_b, p / total, 0.0)
+        res[k] = full
+    return res
 
 
 def _hemisphere(atlas_affine: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -183,9 +227,16 @@ def _hemisphere(atlas_affine: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 def _refine_thalamus(lab: np.ndarray, thal: int, t1w: np.ndarray, tissue: np.ndarray,
                      p_csf: np.ndarray, brain: np.ndarray, vs: np.ndarray) -> None:
     """Move one thalamus's border with white matter by intensity (in place)."""
-    t = lab == thal
-    if t.sum() < 50:
+    if np.count_nonzero(lab == thal) < 50:
         return
+    # work in the thalamus's bounding box grown by the shell width (views: edits go through)
+    idx = np.argwhere(lab == thal)
+    pad = np.ceil((3 * THALAMUS_BAND_MM + 4.0) / vs).astype(int)
+    lo = np.maximum(idx.min(axis=0) - pad, 0)
+    hi = np.minimum(idx.max(axis=0) + pad + 1, lab.shape)
+    box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+    lab, t1w, tissue, p_csf, brain = lab[box], t1w[box], tissue[box], p_csf[box], brain[box]
+    t = lab == thal
     d_in = ndi.distance_transform_edt(t, sampling=vs)
     d_out = ndi.distance_transform_edt(~t, sampling=vs)
     core = t & (d_in > THALAMUS_BAND_MM)
@@ -227,9 +278,9 @@ def _assemble(
     deep = np.isin(lab, DEEP_GREY)
     vent = np.isin(lab, VENTRICLES)
     if vent.any():
-        _, idx = ndi.distance_transform_edt(~vent, sampling=vs, return_indices=True)
+        dist_vent, idx = ndi.distance_transform_edt(~vent, sampling=vs, return_indices=True)
         nearest_vent = lab[tuple(idx)]
-        dist_vent = ndi.distance_transform_edt(~vent, sampling=vs)
+        del idx
     else:
         nearest_vent = np.full(lab.shape, _CSF, np.int16)
         dist_vent = np.full(lab.shape, np.inf)
