@@ -171,6 +171,7 @@ import pandas as pd
 from scipy import ndimage as ndi
 from skimage.filters import threshold_otsu
 
+from qsmiron import _checks
 from qsmiron.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -239,20 +240,6 @@ class EnhancingResult:
 # --------------------------------------------------------------------------------------------
 # input checks
 # --------------------------------------------------------------------------------------------
-def _voxel_size(voxel_size: Any) -> np.ndarray:
-    try:
-        vs = np.asarray(voxel_size, dtype=np.float64).ravel()
-    except (TypeError, ValueError):
-        raise InputError(
-            f"voxel_size must be 3 positive numbers in mm, got {voxel_size!r}"
-        ) from None
-    if vs.size == 1:
-        vs = np.repeat(vs, 3)
-    if vs.size != 3 or not np.all(np.isfinite(vs)) or np.any(vs <= 0):
-        raise InputError(f"voxel_size must be 3 positive numbers in mm, got {voxel_size!r}")
-    return vs
-
-
 def _image(img: Any, name: str, shape: tuple[int, ...] | None) -> np.ndarray:
     arr = np.asarray(img)
     if arr.ndim != 3:
@@ -600,7 +587,7 @@ def enhancing_lesions(
     >>> res = enhancing_lesions(t1, t1_gd_reg, lesions, brain, (1, 1, 1))  # doctest: +SKIP
     >>> res.count, res.foci[["t2_lesion", "volume_mm3"]]  # doctest: +SKIP
     """
-    vs = _voxel_size(voxel_size)
+    vs = _checks.voxel_size_mm(voxel_size)
     pre_full = _image(t1w_pre, "t1w_pre", None)
     shape = pre_full.shape
     post_full = _image(t1w_post, "t1w_post", shape)

@@ -157,6 +157,7 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.filters import threshold_multiotsu
 
+from qsmiron import _checks
 from qsmiron.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -206,15 +207,6 @@ class LesionResult:
 # --------------------------------------------------------------------------------------------
 # input checks and small helpers
 # --------------------------------------------------------------------------------------------
-def _check_voxel_size(voxel_size: Any) -> np.ndarray:
-    vs = np.asarray(voxel_size, dtype=np.float64).ravel()
-    if vs.size == 1:
-        vs = np.repeat(vs, 3)
-    if vs.size != 3 or not np.all(np.isfinite(vs)) or np.any(vs <= 0):
-        raise InputError(f"voxel_size must be 3 positive numbers in mm, got {voxel_size!r}")
-    return vs
-
-
 def _check_image(img: Any, name: str, shape: tuple[int, ...] | None) -> np.ndarray:
     arr = np.asarray(img)
     if arr.ndim != 3:
@@ -424,7 +416,7 @@ def lesion_volume_ml(mask: np.ndarray, voxel_size: Any) -> float:
     >>> lesion_volume_ml(np.ones((10, 10, 10), bool), (1.0, 1.0, 1.0))
     1.0
     """
-    vs = _check_voxel_size(voxel_size)
+    vs = _checks.voxel_size_mm(voxel_size)
     return float(np.count_nonzero(np.asarray(mask) > 0) * np.prod(vs) / 1000.0)
 
 
@@ -447,7 +439,7 @@ def lesion_count(
     int
         Lesion count.
     """
-    vs = _check_voxel_size(voxel_size)
+    vs = _checks.voxel_size_mm(voxel_size)
     labels, n = label_lesions(mask)
     if n == 0 or min_volume_mm3 <= 0:
         return n
@@ -647,7 +639,7 @@ def segment_lesions(
     ...                       csf_prior=seg.probs["csf"], labels=labels)  # doctest: +SKIP
     >>> res.volume_ml, res.count  # doctest: +SKIP
     """
-    vs = _check_voxel_size(voxel_size)
+    vs = _checks.voxel_size_mm(voxel_size)
     f_full = _check_image(flair, "flair", None)
     shape = f_full.shape
     brain_full = _check_mask(brain_mask, shape)
@@ -946,7 +938,7 @@ def grow_lesions(
     --------
     >>> m = grow_lesions(flair, [(90, 100, 80)], flair > 0, (1, 1, 1))  # doctest: +SKIP
     """
-    vs = _check_voxel_size(voxel_size)
+    vs = _checks.voxel_size_mm(voxel_size)
     f = _check_image(flair, "flair", None)
     brain = _check_mask(brain_mask, f.shape)
     if not 0.0 < tolerance < 1.0:

@@ -54,7 +54,7 @@ from qsmiron.anatomy.segment import (
 from qsmiron.anatomy.thickness import cortical_thickness
 from qsmiron.anatomy.veins import vein_mask
 from qsmiron.errors import InputError
-from qsmiron.io.bids import read_bids_anat
+from qsmiron.io.bids import derivatives_dir, read_bids_anat
 from qsmiron.io.nifti import load_nifti
 from qsmiron.recon.mask import head_mask
 
@@ -648,10 +648,6 @@ def run_anatomy(
 # files in and out
 
 
-def _recon_dir(deriv_dir: Path, sub: str, session: str | None) -> Path:
-    return deriv_dir / "qsmiron" / f"sub-{sub}" / (f"ses-{session}" if session else "") / "anat"
-
-
 def _load(path: Path) -> Image:
     data, affine, _ = load_nifti(path, ndim=(3,))
     return Image(data, affine, path)
@@ -719,7 +715,7 @@ def load_anatomy_inputs(
     bids = Path(bids_dir)
     sub = subject.removeprefix("sub-")
     ses = session.removeprefix("ses-") if session else None
-    folder = _recon_dir(Path(deriv_dir), sub, ses)
+    folder = derivatives_dir(deriv_dir, sub, ses) / "anat"
 
     def recon_file(suffix: str, desc: str | None = None) -> Image:
         path = folder / bids_name(sub, suffix, session=ses,
@@ -797,19 +793,13 @@ def write_anatomy_derivatives(
     """
     import shutil
 
-    from qsmiron import __version__
-    from qsmiron.io.bids import bids_name, write_dataset_description
+    from qsmiron.io.bids import bids_name
     from qsmiron.io.nifti import atomic_write_bytes, save_nifti, write_json
     from qsmiron.report.figures import anatomy_qc_panel
 
-    root = Path(deriv_dir) / "qsmiron"
-    write_dataset_description(
-        root, "qsmiron derivatives", dataset_type="derivative",
-        generated_by=[{"Name": "qsmiron", "Version": __version__}], overwrite=False,
-    )
     sub = subject.removeprefix("sub-")
     ses = session.removeprefix("ses-") if session else None
-    subdir = root / f"sub-{sub}" / (f"ses-{ses}" if ses else "")
+    subdir = derivatives_dir(deriv_dir, sub, ses, create=True)
     folder = subdir / "anat"
 
     def name(suffix: str, ext: str = ".nii.gz", **ents: str) -> Path:

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
+from qsmiron import _checks
 from qsmiron.anatomy.veins import exclude_veins
 from qsmiron.errors import InputError
 
@@ -48,13 +49,6 @@ log = logging.getLogger(__name__)
 MIN_CSF_REF_MM3 = 30.0
 #: Plausible thalamus volume per side, mL (adults 5-9 mL; severe atrophy 4 mL).
 THALAMUS_ML_RANGE = (3.0, 12.0)
-
-
-def _vs(voxel_size: Any) -> np.ndarray:
-    vs = np.broadcast_to(np.asarray(voxel_size, dtype=np.float64), (3,)).copy()
-    if not np.all(np.isfinite(vs)) or np.any(vs <= 0):
-        raise InputError(f"voxel_size must be three positive numbers in mm, found {voxel_size}")
-    return vs
 
 
 def _same_shape(ref: np.ndarray, **arrays: Any) -> None:
@@ -213,7 +207,7 @@ def csf_reference_roi(
     """
     r2s = np.asarray(r2star, np.float32)
     qsm = np.asarray(mask, bool)
-    vs = _vs(voxel_size)
+    vs = _checks.voxel_size_mm(voxel_size)
     _same_shape(r2s, ventricle_left=ventricle_left, ventricle_right=ventricle_right, mask=qsm,
                 search_left=search_left, search_right=search_right)
     if method not in ("atrium", "ventricles"):
@@ -357,7 +351,7 @@ def thalamus_roi(
     ThalamusRoi
     """
     qsm = np.asarray(mask, bool)
-    vs = _vs(voxel_size)
+    vs = _checks.voxel_size_mm(voxel_size)
     _same_shape(qsm, thalamus_left=thalamus_left, thalamus_right=thalamus_right, veins=veins,
                 csf=csf)
     tl = np.asarray(thalamus_left, bool)
@@ -420,7 +414,7 @@ def roi_qc(
     -------
     list of str
     """
-    vs = _vs(voxel_size)
+    vs = _checks.voxel_size_mm(voxel_size)
     qsm = np.asarray(mask, bool)
     ref = np.asarray(csf_ref, bool)
     r2s = np.asarray(r2star, np.float32)

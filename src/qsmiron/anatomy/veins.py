@@ -23,18 +23,12 @@ import numpy as np
 from scipy import ndimage
 from skimage.filters import frangi
 
+from qsmiron import _checks
 from qsmiron.errors import InputError
 
 __all__ = ["exclude_veins", "vein_mask"]
 
 log = logging.getLogger(__name__)
-
-
-def _voxel_size(voxel_size) -> np.ndarray:
-    vs = np.broadcast_to(np.asarray(voxel_size, dtype=np.float64), (3,)).copy()
-    if not np.all(np.isfinite(vs)) or np.any(vs <= 0):
-        raise InputError(f"voxel_size must be three positive numbers in mm, found {voxel_size}")
-    return vs
 
 
 def _vesselness(
@@ -161,7 +155,7 @@ def vein_mask(
     """
     chi = np.asarray(chi, dtype=np.float32)
     mask = np.asarray(mask).astype(bool)
-    vs = _voxel_size(voxel_size)
+    vs = _checks.voxel_size_mm(voxel_size)
     if chi.ndim != 3:
         raise InputError(f"chi must be a 3-D map, found shape {chi.shape}")
     if mask.shape != chi.shape:
@@ -256,7 +250,7 @@ def exclude_veins(
     """
     roi = np.asarray(roi_mask).astype(bool)
     vn = np.asarray(veins).astype(bool)
-    vs = _voxel_size(voxel_size)
+    vs = _checks.voxel_size_mm(voxel_size)
     if roi.shape != vn.shape:
         raise InputError(f"roi_mask shape {roi.shape} differs from veins shape {vn.shape}")
     if dilate_mm < 0:

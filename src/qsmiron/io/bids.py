@@ -44,6 +44,7 @@ from qsmiron.io.phase import PhaseScaling, phase_to_radians, wrap_to_pi
 __all__ = [
     "BIDS_VERSION",
     "ENTITY_ORDER",
+    "derivatives_dir",
     "MultiEchoGRE",
     "bids_name",
     "inherited_sidecar",
@@ -298,6 +299,40 @@ def inherited_sidecar(image: str | Path, root: str | Path | None = None) -> tupl
             merged.update(read_json(js))
             used.append(js)
     return merged, used
+
+
+def derivatives_dir(
+    deriv_dir: str | Path, subject: str, session: str | None = None, create: bool = False
+) -> Path:
+    """A subject's folder in qsmiron's BIDS derivatives: ``DERIV/qsmiron/sub-X[/ses-Y]``.
+
+    Parameters
+    ----------
+    deriv_dir : str or Path
+        The derivatives folder given to the commands.
+    subject, session : str
+        Labels, with or without ``sub-`` / ``ses-``.
+    create : bool
+        Write ``DERIV/qsmiron/dataset_description.json`` (GeneratedBy qsmiron) if missing.
+
+    Returns
+    -------
+    Path
+        The subject (or session) folder; ``anat/`` and ``figures/`` go inside.
+    """
+    from qsmiron import __version__
+
+    root = Path(deriv_dir) / "qsmiron"
+    if create:
+        write_dataset_description(
+            root, "qsmiron derivatives", dataset_type="derivative",
+            generated_by=[{"Name": "qsmiron", "Version": __version__}], overwrite=False,
+        )
+    sub = _label(subject, "sub", "subject")
+    folder = root / f"sub-{sub}"
+    if session:
+        folder = folder / f"ses-{_label(session, 'ses', 'session')}"
+    return folder
 
 
 def write_dataset_description(

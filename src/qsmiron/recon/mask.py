@@ -26,8 +26,8 @@ import numpy as np
 from scipy import ndimage as ndi
 from scipy.spatial import cKDTree
 
+from qsmiron import _checks
 from qsmiron.errors import InputError
-from qsmiron.recon import _checks
 from qsmiron.recon.multiecho import combine_magnitude, r2star_map
 
 __all__ = ["MaskQuality", "MaskQualityWarning", "brain_mask", "csf_mask", "head_mask",

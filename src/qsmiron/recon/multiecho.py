@@ -25,9 +25,9 @@ from typing import Literal
 import numpy as np
 from scipy import ndimage as ndi
 
+from qsmiron import _checks
 from qsmiron.constants import GAMMA_HZ_PER_T
 from qsmiron.errors import InputError
-from qsmiron.recon import _checks
 
 __all__ = [
     "MultiEchoFit",

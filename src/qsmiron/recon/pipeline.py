@@ -29,9 +29,8 @@ from typing import Any, Literal
 import numpy as np
 from scipy import ndimage as ndi
 
-from qsmiron import __version__
 from qsmiron.errors import InputError
-from qsmiron.io.bids import MultiEchoGRE, bids_name, write_dataset_description
+from qsmiron.io.bids import MultiEchoGRE, bids_name, derivatives_dir
 from qsmiron.io.nifti import save_nifti
 from qsmiron.recon.background import lbv, pdf, vsharp
 from qsmiron.recon.inversion import medi, tikhonov_l2, tkd
@@ -323,13 +322,8 @@ def write_recon_derivatives(
     dict
         Name -> path of every file written.
     """
-    root = Path(deriv_dir) / "qsmiron"
-    write_dataset_description(
-        root, "qsmiron derivatives", dataset_type="derivative",
-        generated_by=[{"Name": "qsmiron", "Version": __version__}], overwrite=False,
-    )
     sub = subject[4:] if subject.startswith("sub-") else subject
-    folder = root / f"sub-{sub}" / (f"ses-{session}" if session else "") / "anat"
+    folder = derivatives_dir(deriv_dir, sub, session, create=True) / "anat"
     provenance = {
         "Sources": [str(s) for s in (sources or [])],
         "SignConvention": "chi in ppm; MEDI+0 references it to automatically found CSF",

@@ -26,8 +26,8 @@ import scipy.fft
 from scipy import sparse
 from scipy.sparse import csgraph
 
+from qsmiron import _checks
 from qsmiron.errors import InputError
-from qsmiron.recon import _checks
 from qsmiron.recon.fft import default_workers
 
 __all__ = ["laplacian_unwrap", "romeo_unwrap", "unwrap_echoes_temporally", "wrap_phase"]

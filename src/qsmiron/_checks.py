@@ -1,4 +1,4 @@
-"""Input checks shared by the reconstruction functions (private).
+"""Input checks shared by the library functions (private).
 
 Every check raises :class:`qsmiron.errors.InputError` with a message that says what was
 expected, what was found and, where there is one, what to do about it.
