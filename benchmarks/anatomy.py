@@ -54,6 +54,9 @@ def _accuracy(res, truth_dir: Path) -> None:
         d = 2.0 * np.count_nonzero(a & b) / (np.count_nonzero(a) + np.count_nonzero(b))
         print(f"  thalamus {side}: Dice {d:.3f}, {res.measures[f'thalamus_{side}_volume_ml']:.2f}"
               f" mL (truth {truth[f'thalamus_{side}_volume_ml']:.2f})")
+    csf_labels = set(int(v) for v in np.unique(labels[res.csf_ref]))
+    print(f"  CSF reference: {int(res.csf_ref.sum())} voxels, true labels {sorted(csf_labels)} "
+          f"(CSF: {csf_labels <= {4, 7, 8, 9, 10, 11, 12}})")
     m = res.measures
     print(f"  rel chi {m['rel_chi_ppb']:+.1f} ppb (truth {truth['rel_chi_ppb']:+.1f}); grey "
           f"matter {m['total_gm_volume_ml']:.0f} mL (truth {truth['total_gm_volume_ml']:.0f}); "

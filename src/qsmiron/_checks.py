@@ -104,3 +104,27 @@ def mask3d(mask: np.ndarray | None, shape: tuple[int, ...], allow_none: bool = T
         raise InputError("mask is empty: no voxel to process (check the mask file or the "
                          "brain-mask threshold)")
     return m
+
+
+def bounding_box(mask: np.ndarray, margin: int | Sequence[int] = 0) -> tuple[slice, ...]:
+    """Slices of the smallest box holding ``mask``'s voxels, grown by ``margin`` voxels.
+
+    Parameters
+    ----------
+    mask : ndarray of bool
+        Non-empty mask.
+    margin : int or sequence of int
+        Voxels added on each side (per axis if a sequence), clipped to the array.
+
+    Returns
+    -------
+    tuple of slice
+    """
+    m = np.broadcast_to(np.asarray(margin, dtype=int), (mask.ndim,))
+    axes = range(mask.ndim)
+    out = []
+    for i in axes:
+        hit = np.nonzero(mask.any(axis=tuple(j for j in axes if j != i)))[0]
+        out.append(slice(max(int(hit.min()) - int(m[i]), 0),
+                         min(int(hit.max()) + int(m[i]) + 1, mask.shape[i])))
+    return tuple(out)

@@ -298,14 +298,6 @@ def _lesion_labels(t2: Any, shape: tuple[int, ...]) -> np.ndarray:
     return ai
 
 
-def _bbox(mask: np.ndarray, margin: int) -> tuple[slice, ...]:
-    idx = [np.nonzero(mask.any(axis=tuple(j for j in range(3) if j != i)))[0] for i in range(3)]
-    return tuple(
-        slice(max(int(i.min()) - margin, 0), min(int(i.max()) + margin + 1, n))
-        for i, n in zip(idx, mask.shape, strict=True)
-    )
-
-
 def _pad(sl: tuple[slice, ...], shape: tuple[int, ...], k: int = 1) -> tuple[slice, ...]:
     return tuple(
         slice(max(s.start - k, 0), min(s.stop + k, n)) for s, n in zip(sl, shape, strict=True)
@@ -615,7 +607,7 @@ def enhancing_lesions(
         raise InputError(f"gain must be a positive number, got {gain!r}")
 
     # ---- crop to the brain ---------------------------------------------------------------------
-    sl = _bbox(brain_full, margin=2)
+    sl = _checks.bounding_box(brain_full, margin=2)
     off = np.array([s.start for s in sl])
     pre = pre_full[sl]
     post = post_full[sl]

@@ -234,14 +234,6 @@ def _check_mask(mask: Any, shape: tuple[int, ...], name: str = "brain_mask") -> 
     return m
 
 
-def _bbox(mask: np.ndarray, margin: int = 2) -> tuple[slice, ...]:
-    idx = np.nonzero(mask)
-    return tuple(
-        slice(max(int(i.min()) - margin, 0), min(int(i.max()) + margin + 1, n))
-        for i, n in zip(idx, mask.shape, strict=True)
-    )
-
-
 def _ball(radius_mm: float, vs: np.ndarray) -> np.ndarray:
     r = np.maximum(np.floor(radius_mm / vs).astype(int), 0)
     g = np.ogrid[tuple(slice(-k, k + 1) for k in r)]
@@ -679,7 +671,7 @@ def segment_lesions(
         if not (np.isfinite(val) and val >= 0):
             raise InputError(f"{name} must be a non-negative number of mm, got {val}")
 
-    sl = _bbox(brain_full, margin=2)
+    sl = _checks.bounding_box(brain_full, margin=2)
     f = f_full[sl]
     brain = brain_full[sl]
     lab = None if lab_full is None else np.where(brain, lab_full[sl], 0)

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from qsmiron import _checks
 from qsmiron.anatomy import register as reg
 from qsmiron.anatomy.enhancing import enhancing_lesions
 from qsmiron.anatomy.freesurfer import ExternalSegmentation
@@ -290,11 +291,7 @@ def _veins_near(chi: np.ndarray, magnitude: np.ndarray, mask: np.ndarray, vs: np
     """Veins within :data:`VEIN_SEARCH_MM` of ``near`` (the whole brain if it is empty)."""
     if not near.any():
         return vein_mask(chi, magnitude, mask, vs, threshold_ppm)
-    idx = np.argwhere(near)
-    pad = np.ceil(VEIN_SEARCH_MM / vs).astype(int)
-    lo = np.maximum(idx.min(axis=0) - pad, 0)
-    hi = np.minimum(idx.max(axis=0) + pad + 1, chi.shape)
-    box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+    box = _checks.bounding_box(near, np.ceil(VEIN_SEARCH_MM / vs).astype(int))
     out = np.zeros(chi.shape, bool)
     if mask[box].any():
         out[box] = vein_mask(chi[box], magnitude[box], mask[box], vs, threshold_ppm)

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
+from qsmiron import _checks
 from qsmiron.anatomy import register as reg
 from qsmiron.anatomy.atlas import ATLAS_SPACE, load_atlas, tissue_priors
 from qsmiron.errors import InputError
@@ -169,10 +170,8 @@ def _atropos(
     ants = reg._ants()
     names = ("csf", "gm", "wm")
     # on the brain's bounding box only (a third of a head-sized grid)
-    idx = np.argwhere(brain)
-    lo = np.maximum(idx.min(axis=0) - 2, 0)
-    hi = np.minimum(idx.max(axis=0) + 3, brain.shape)
-    box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+    box = _checks.bounding_box(brain, 2)
+    lo = np.array([b.start for b in box])
     aff = np.asarray(affine, float).copy()
     aff[:3, 3] = aff[:3, :3] @ lo + aff[:3, 3]
     t_b, m_b = t1w[box], brain[box]
@@ -230,11 +229,7 @@ def _refine_thalamus(lab: np.ndarray, thal: int, t1w: np.ndarray, tissue: np.nda
     if np.count_nonzero(lab == thal) < 50:
         return
     # work in the thalamus's bounding box grown by the shell width (views: edits go through)
-    idx = np.argwhere(lab == thal)
-    pad = np.ceil((3 * THALAMUS_BAND_MM + 4.0) / vs).astype(int)
-    lo = np.maximum(idx.min(axis=0) - pad, 0)
-    hi = np.minimum(idx.max(axis=0) + pad + 1, lab.shape)
-    box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+    box = _checks.bounding_box(lab == thal, np.ceil((3 * THALAMUS_BAND_MM + 4.0) / vs).astype(int))
     lab, t1w, tissue, p_csf, brain = lab[box], t1w[box], tissue[box], p_csf[box], brain[box]
     t = lab == thal
     d_in = ndi.distance_transform_edt(t, sampling=vs)
