@@ -211,7 +211,7 @@ def _anatomy(args: argparse.Namespace) -> int:
         args.bids_dir, args.out, args.subject, args.session, freesurfer=args.freesurfer,
         synthseg=args.synthseg, thalamus_mask=args.thalamus_mask,
         csf_ref_mask=args.csf_ref_mask, lesion_mask=args.lesion_mask,
-        vein_mask=args.vein_mask, gd_entity=args.gd_entity)
+        vein_mask=args.vein_mask, lesion_seeds=args.lesion_seeds, gd_entity=args.gd_entity)
     params = AnatomyParams(csf_reference=args.csf_reference, csf_radius_mm=args.csf_radius,
                            vein_margin_mm=args.vein_margin)
     t0 = time.perf_counter()
@@ -388,6 +388,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csf-ref-mask", metavar="NII", help="CSF reference mask (QSM space)")
     p.add_argument("--lesion-mask", metavar="NII", help="T2 lesion mask (FLAIR space)")
     p.add_argument("--vein-mask", metavar="NII", help="vein mask (QSM space)")
+    p.add_argument("--lesion-seeds", metavar="TSV",
+                   help="semi-automatic lesions as in the study: a TSV/CSV with columns x y z "
+                   "(scanner RAS mm), one seed per lesion, each grown on the FLAIR")
     p.add_argument("--csf-reference", choices=["atrium", "ventricles"], default="atrium",
                    help="small ROI in each atrium (study) or whole lateral ventricles")
     p.add_argument("--csf-radius", type=float, default=4.0, metavar="MM",

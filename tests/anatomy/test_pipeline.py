@@ -172,9 +172,10 @@ def _fs_subject(study, tmp_path) -> Path:
     labels, aff, _ = load_nifti(study["truth"] / f"sub-{SUB}_dseg.nii.gz", dtype=None)
     to_aseg = {13: 10, 14: 49, 7: 4, 9: 4, 8: 43, 10: 43, 11: 14, 15: 11, 16: 50, 17: 12,
                18: 51, 19: 13, 20: 52, 5: 3, 6: 2, 4: 24}
-    aseg = np.zeros(labels.shape, np.int32)
+    aseg = np.where(labels >= 4, 2, 0).astype(np.int32)  # the rest of the brain: white matter
     for k, v in to_aseg.items():
         aseg[labels == k] = v
+    aseg[np.isin(labels, T.LESIONS)] = 77  # FreeSurfer: WM-hypointensities
     subj = tmp_path / "fs" / "sub-001"
     (subj / "mri").mkdir(parents=True)
     (subj / "stats").mkdir()
@@ -243,3 +244,44 @@ def test_wrong_orientation_t1w_is_refused(study, tmp_path) -> None:
     with pytest.raises(InputError) as exc:
         run_anatomy(inp, tmp_path / "work")
     assert "flipped_T1w.nii.gz" in str(exc.value)
+
+
+def test_seeded_lesions_with_freesurfer(study, tmp_path) -> None:
+    """The study's semi-automatic mode: one seed per true lesion (scanner mm) grows it.
+
+    A FreeSurfer-style segmentation stands in for the built-in one (no template registration);
+    the FLAIR is registered to the T1w and the lesions grown on it.
+    """
+    from qsmiron.anatomy.freesurfer import read_freesurfer_subject
+    from qsmiron.anatomy.pipeline import load_anatomy_inputs
+
+    inst, aff, _ = load_nifti(study["truth"] / f"sub-{SUB}_desc-lesions_mask.nii.gz",
+                              dtype=None)
+    inst = inst.astype(int)
+    rows = ["x\ty\tz"]
+    for i in range(1, inst.max() + 1):
+        les = inst == i
+        if not les.any():
+            continue
+        from scipy import ndimage as ndi
+
+        depth = ndi.distance_transform_edt(np.pad(les, 1))[1:-1, 1:-1, 1:-1]
+        v = np.array(np.unravel_index(int(np.argmax(depth)), les.shape), float)
+        x, y, z = aff[:3, :3] @ v + aff[:3, 3]
+        rows.append(f"{x:.2f}\t{y:.2f}\t{z:.2f}")
+    seeds = tmp_path / "seeds.tsv"
+    seeds.write_text("\n".join(rows) + "\n")
+    inp = load_anatomy_inputs(study["bids"], study["deriv"], SUB, lesion_seeds=seeds)
+    inp.freesurfer = read_freesurfer_subject(_fs_subject(study, tmp_path))
+    res = run_anatomy(inp, tmp_path / "work")
+    assert res.sources["lesions"] == f"seeded:{seeds}"
+    truth = _truth(study)
+    assert res.measures["lesion_count"] == truth["lesion_count"] == len(rows) - 1
+    d = dice(res.lesions.data.astype(bool), inst > 0)
+    assert d >= 0.7, d
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("x\ty\tz\n500\t500\t500\n")
+    with pytest.raises(InputError, match="outside the FLAIR"):
+        run_anatomy(load_anatomy_inputs(study["bids"], study["deriv"], SUB, lesion_seeds=bad,
+                                        freesurfer=_fs_subject(study, tmp_path / "b")),
+                    tmp_path / "work2")

@@ -38,7 +38,12 @@ from qsmiron import _checks
 from qsmiron.anatomy import register as reg
 from qsmiron.anatomy.enhancing import enhancing_lesions
 from qsmiron.anatomy.freesurfer import ExternalSegmentation
-from qsmiron.anatomy.lesions import label_lesions, lesion_volume_ml, segment_lesions
+from qsmiron.anatomy.lesions import (
+    grow_lesions,
+    label_lesions,
+    lesion_volume_ml,
+    segment_lesions,
+)
 from qsmiron.anatomy.rois import (
     ThalamusRoi,
     atrium_search_regions,
@@ -131,6 +136,11 @@ class AnatomyInputs:
     thalamus_mask, csf_ref_mask, lesion_mask, vein_mask : Image or None
         User masks: thalamus (labels 10/49, or a mask), CSF reference and veins on the QSM's
         world coordinates, lesions on the FLAIR's (or T1w's).
+    lesion_seeds : (N, 3) ndarray or None
+        The study's semi-automatic mode: one seed per lesion in scanner (RAS) mm; each lesion
+        is grown on the FLAIR (:func:`qsmiron.anatomy.lesions.grow_lesions`).
+    lesion_seeds_path : Path or None
+        The file the seeds came from (provenance).
     """
 
     chi: Image
@@ -145,6 +155,8 @@ class AnatomyInputs:
     csf_ref_mask: Image | None = None
     lesion_mask: Image | None = None
     vein_mask: Image | None = None
+    lesion_seeds: np.ndarray | None = None
+    lesion_seeds_path: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -298,6 +310,18 @@ def _veins_near(chi: np.ndarray, magnitude: np.ndarray, mask: np.ndarray, vs: np
     return out
 
 
+def _world_to_voxel(points_mm: np.ndarray, img: Image, path: Path | None) -> np.ndarray:
+    """Scanner (RAS) mm -> nearest voxel indices of ``img``; every point must fall inside."""
+    pts = np.asarray(points_mm, float).reshape(-1, 3)
+    vox = np.rint((pts - img.affine[:3, 3]) @ np.linalg.inv(img.affine[:3, :3]).T).astype(int)
+    outside = np.any((vox < 0) | (vox >= np.array(img.shape)), axis=1)
+    if outside.any():
+        first = pts[np.argmax(outside)].round(1).tolist()
+        raise InputError(f"{int(outside.sum())} lesion seed(s) lie outside the FLAIR, the first "
+                         f"at {first} mm (scanner RAS coordinates expected)", path)
+    return vox
+
+
 def _mean(values: np.ndarray, roi: np.ndarray) -> float:
     return float(values[roi].mean()) if roi.any() else float("nan")
 
@@ -442,11 +466,19 @@ def run_anatomy(
                       "csf_prior": to_flair(seg.probs["csf"]),
                       "labels": to_flair(seg.atlas_labels.astype(np.float32),
                                          "genericLabel").astype(np.int16)}
-            res = segment_lesions(fl.data, brain_f, fl.voxel_size, t1w=to_flair(t1_ref), **kw)
-            lesions_img = Image(res.mask, fl.affine, fl.path)
-            sources["lesions"] = "builtin"
-            info["lesions"] = {k: v for k, v in res.diagnostics.items()
-                               if isinstance(v, int | float | str)}
+            if inp.lesion_seeds is not None:
+                seeds = _world_to_voxel(inp.lesion_seeds, fl, inp.lesion_seeds_path)
+                grown = grow_lesions(fl.data, seeds, brain_f, fl.voxel_size)
+                lesions_img = Image(grown, fl.affine, fl.path)
+                sources["lesions"] = f"seeded:{inp.lesion_seeds_path}"
+                info["lesions"] = {"seeds": int(len(seeds))}
+            else:
+                res = segment_lesions(fl.data, brain_f, fl.voxel_size, t1w=to_flair(t1_ref),
+                                      **kw)
+                lesions_img = Image(res.mask, fl.affine, fl.path)
+                sources["lesions"] = "builtin"
+                info["lesions"] = {k: v for k, v in res.diagnostics.items()
+                                   if isinstance(v, int | float | str)}
             seconds["lesions"] = time.perf_counter() - t
         if lesions_img is not None:
             if _same_grid(lesions_img, t1):
@@ -676,6 +708,7 @@ def load_anatomy_inputs(
     csf_ref_mask: str | Path | None = None,
     lesion_mask: str | Path | None = None,
     vein_mask: str | Path | None = None,
+    lesion_seeds: str | Path | None = None,
     gd_entity: str = "gadolinium",
 ) -> AnatomyInputs:
     """Read a subject's structural images (BIDS) and QSM (qsmiron recon derivatives).
@@ -694,6 +727,9 @@ def load_anatomy_inputs(
         SynthSeg label map (with ``<name>_volumes.csv`` beside it, if present).
     thalamus_mask, csf_ref_mask, lesion_mask, vein_mask : str or Path, optional
         User masks (NIfTI) overriding the built-in ROIs.
+    lesion_seeds : str or Path, optional
+        TSV or CSV with columns ``x y z`` (scanner RAS mm), one seed per lesion: the study's
+        semi-automatic lesion mode instead of the automatic segmentation.
     gd_entity : str
         ``ce-`` label of the post-contrast T1w.
 
@@ -745,7 +781,29 @@ def load_anatomy_inputs(
                         ("lesion_mask", lesion_mask), ("vein_mask", vein_mask)):
         if value is not None:
             setattr(inp, name, _load(Path(value)))
+    if lesion_seeds is not None:
+        inp.lesion_seeds_path = Path(lesion_seeds)
+        inp.lesion_seeds = _read_seeds(inp.lesion_seeds_path)
     return inp
+
+
+def _read_seeds(path: Path) -> np.ndarray:
+    import pandas as pd
+
+    if not path.is_file():
+        raise InputError("lesion seed file not found", path)
+    try:
+        table = pd.read_csv(path, sep=None, engine="python")
+    except (ValueError, pd.errors.ParserError) as exc:
+        raise InputError(f"not a readable TSV/CSV table ({exc})", path) from None
+    cols = {c.strip().lower(): c for c in table.columns}
+    if not {"x", "y", "z"} <= set(cols):
+        raise InputError("the seed table needs columns x, y, z (scanner RAS mm); found "
+                         f"{', '.join(map(str, table.columns))}", path)
+    pts = table[[cols["x"], cols["y"], cols["z"]]].to_numpy(dtype=float, na_value=np.nan)
+    if len(pts) == 0 or not np.all(np.isfinite(pts)):
+        raise InputError("the seed table is empty or holds non-numeric coordinates", path)
+    return pts
 
 
 def _dseg_table(labels: np.ndarray) -> str:
