@@ -430,8 +430,8 @@ def anatomy_qc_panel(
     veins : (X, Y, Z) array_like of bool
         Veins excluded from the ROIs, on the ``chi`` grid.
     thalamus_before_veins : array_like or pair, optional
-        Thalamus before vein exclusion (same form as ``thalamus``), drawn dashed so the excluded
-        part is visible.
+        Thalamus before vein (and partial-volume rim) exclusion (same form as ``thalamus``),
+        drawn dashed so the excluded part is visible.
     flair : (X', Y', Z') array_like, optional
         FLAIR image (RAS+ voxel axes), on its own grid or on the ``chi`` grid. Without it, row 2
         says "no FLAIR".
@@ -618,7 +618,7 @@ def anatomy_qc_panel(
         labels.append(names[key])
     if before is not None:
         handles.append(Line2D([], [], color=COLOURS["thalamus_before_veins"], lw=1.0, ls="--"))
-        labels.append("thalamus before vein exclusion")
+        labels.append("thalamus before exclusions")
     handles.append(Line2D([], [], color=COLOURS["csf_ref"], lw=2.0))
     labels.append("CSF reference (atria)")
     handles.append(Patch(facecolor=to_rgba(COLOURS["veins"], _VEIN_FILL_ALPHA),
@@ -634,11 +634,11 @@ def anatomy_qc_panel(
 
     lines = []
     for key, m in th_layers:
-        lines.append(f"{names[key]}: {_ml(m, vs):.2f} mL")
+        lines.append(f"{names[key]} ROI (QSM voxels): {_ml(m, vs):.2f} mL")
     if before is not None:
         n_b = int(np.count_nonzero(before))
         frac = 1.0 - np.count_nonzero(th_all & before) / n_b if n_b else 0.0
-        lines.append(f"excluded from thalamus: {100 * frac:.1f} %")
+        lines.append(f"left out of the ROI (veins, rims): {100 * frac:.1f} %")
     lines.append(f"CSF reference: {_ml(csf, vs) * 1000:.0f} mm3")
     lines.append(f"veins: {_ml(vn, vs):.2f} mL")
     if les is not None:
