@@ -279,6 +279,9 @@ def test_seeded_lesions_with_freesurfer(study, tmp_path) -> None:
     assert res.measures["lesion_count"] == truth["lesion_count"] == len(rows) - 1
     d = dice(res.lesions.data.astype(bool), inst > 0)
     assert d >= 0.7, d
+    inp.lesion_mask = Image(inst > 0, aff, tmp_path / "lesions.nii.gz")
+    with pytest.raises(InputError, match="not both"):
+        run_anatomy(inp, tmp_path / "work3")
     bad = tmp_path / "bad.tsv"
     bad.write_text("x\ty\tz\n500\t500\t500\n")
     with pytest.raises(InputError, match="outside the FLAIR"):

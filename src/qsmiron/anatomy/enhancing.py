@@ -172,6 +172,7 @@ from scipy import ndimage as ndi
 from skimage.filters import threshold_otsu
 
 from qsmiron import _checks
+from qsmiron.anatomy._smooth import robust_sd, smooth_ratio
 from qsmiron.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -192,7 +193,6 @@ FOCUS_COLUMNS: tuple[str, ...] = (
     "evidence",
 )
 
-_MAD_TO_SD = 1.4826
 _S26 = np.ones((3, 3, 3), dtype=bool)
 _S6 = ndi.generate_binary_structure(3, 1)
 
@@ -304,34 +304,6 @@ def _pad(sl: tuple[slice, ...], shape: tuple[int, ...], k: int = 1) -> tuple[sli
     )
 
 
-def _smooth_in_mask(
-    img: np.ndarray, weight: np.ndarray, sigma_mm: float, vs: np.ndarray
-) -> np.ndarray:
-    """Normalised convolution G*(img w) / G*w, computed on a grid block-averaged to ~4 mm."""
-    f = np.maximum(np.round(4.0 / vs).astype(int), 1)
-    shape = img.shape
-    pad = [(0, (-n) % k) for n, k in zip(shape, f, strict=True)]
-
-    def block_sum(a: np.ndarray) -> np.ndarray:
-        a = np.pad(a.astype(np.float64), pad)
-        s = a.shape
-        return a.reshape(s[0] // f[0], f[0], s[1] // f[1], f[1], s[2] // f[2], f[2]).sum(
-            axis=(1, 3, 5)
-        )
-
-    w = weight.astype(np.float64)
-    num = ndi.gaussian_filter(block_sum(img * w), sigma_mm / (vs * f), mode="constant")
-    den = ndi.gaussian_filter(block_sum(w), sigma_mm / (vs * f), mode="constant")
-    ok = den > 1e-6 * den.max()
-    ratio = np.where(ok, num / np.maximum(den, 1e-12), 0.0)
-    if not ok.all():  # blocks without support take the nearest supported value
-        idx = ndi.distance_transform_edt(~ok, return_distances=False, return_indices=True)
-        ratio = ratio[tuple(idx)]
-    zoom = [(n + p[1]) / m for n, p, m in zip(shape, pad, ratio.shape, strict=True)]
-    full = ndi.zoom(ratio, zoom, order=1, mode="nearest", grid_mode=True)
-    return full[: shape[0], : shape[1], : shape[2]].astype(np.float32)
-
-
 def _tissue_classes(
     pre: np.ndarray, brain: np.ndarray, vs: np.ndarray, bias_sigma_mm: float
 ) -> tuple[np.ndarray, float, float]:
@@ -359,7 +331,7 @@ def _tissue_classes(
     def field(weight: np.ndarray) -> np.ndarray:
         if np.count_nonzero(weight) < 100:
             raise ValueError("too few voxels for a bias field")
-        b = _smooth_in_mask(pre, weight, bias_sigma_mm, vs)
+        b = smooth_ratio(pre * weight, weight, bias_sigma_mm, vs)
         b = np.where(b > 0, b, 1.0)
         return (b / max(float(np.median(b[weight])), 1e-12)).astype(np.float32)
 
@@ -674,7 +646,7 @@ def enhancing_lesions(
     if np.count_nonzero(noise_region) < 100:
         noise_region = brain
     vals = s[noise_region]
-    sd = float(_MAD_TO_SD * np.median(np.abs(vals - np.median(vals))))
+    sd = robust_sd(vals)
     if not sd > 0:
         sd = float(np.std(vals))
         log.warning("subtraction image has zero MAD (noise-free data?); using its SD %.3g", sd)

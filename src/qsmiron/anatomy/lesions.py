@@ -158,6 +158,7 @@ from scipy import ndimage as ndi
 from skimage.filters import threshold_multiotsu
 
 from qsmiron import _checks
+from qsmiron.anatomy._smooth import MAD_TO_SD, robust_sd, smooth_ratio
 from qsmiron.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -256,7 +257,7 @@ def _peak_stats(values: np.ndarray, bins: int = 200) -> tuple[float, float]:
     if values.size < 100:
         raise InputError(f"too few voxels ({values.size}) to estimate tissue intensity")
     med = float(np.median(values))
-    mad = 1.4826 * float(np.median(np.abs(values - med)))
+    mad = robust_sd(values)
     if not mad > 0:
         lo, hi = np.percentile(values, [0.5, 99.5])
         mad = (hi - lo) / 6.0
@@ -267,46 +268,13 @@ def _peak_stats(values: np.ndarray, bins: int = 200) -> tuple[float, float]:
     centres = 0.5 * (edges[1:] + edges[:-1])
     mode = float(centres[int(np.argmax(hist))])
     below = values[values < mode]
-    sigma = 1.4826 * float(np.median(mode - below)) if below.size >= 50 else mad
+    sigma = MAD_TO_SD * float(np.median(mode - below)) if below.size >= 50 else mad
     return mode, max(sigma, float(edges[1] - edges[0]))
-
-
-def _smooth_ratio(num: np.ndarray, den: np.ndarray, sigma_mm: float, vs: np.ndarray) -> np.ndarray:
-    """Normalised convolution smooth(num)/smooth(den), on a grid downsampled to ~4 mm."""
-    f = np.maximum(np.round(4.0 / vs).astype(int), 1)
-    shape = num.shape
-    pad = [(0, (-n) % k) for n, k in zip(shape, f, strict=True)]
-
-    def block_sum(a: np.ndarray) -> np.ndarray:
-        a = np.pad(a, pad)
-        s = a.shape
-        return a.reshape(s[0] // f[0], f[0], s[1] // f[1], f[1], s[2] // f[2], f[2]).sum(
-            axis=(1, 3, 5)
-        )
-
-    n_small = block_sum(num.astype(np.float64))
-    d_small = block_sum(den.astype(np.float64))
-    sig = sigma_mm / (vs * f)
-    n_small = ndi.gaussian_filter(n_small, sig, mode="constant")
-    d_small = ndi.gaussian_filter(d_small, sig, mode="constant")
-    ratio = np.where(d_small > 1e-6 * d_small.max(), n_small / np.maximum(d_small, 1e-12), 0.0)
-    # fill blocks without support with the nearest supported value
-    if np.any(d_small <= 1e-6 * d_small.max()):
-        idx = ndi.distance_transform_edt(
-            d_small <= 1e-6 * d_small.max(), return_distances=False, return_indices=True
-        )
-        ratio = ratio[tuple(idx)]
-    zoom = [
-        n_full / n_sm
-        for n_full, n_sm in zip(np.array(shape) + [p[1] for p in pad], ratio.shape, strict=True)
-    ]
-    full = ndi.zoom(ratio, zoom, order=1, mode="nearest", grid_mode=True)
-    return full[: shape[0], : shape[1], : shape[2]].astype(np.float32)
 
 
 def _bias_field(img: np.ndarray, weight: np.ndarray, vs: np.ndarray, sigma_mm: float) -> np.ndarray:
     """Smooth multiplicative bias estimated from homogeneous-tissue voxels, normalised to 1."""
-    field_ = _smooth_ratio(img * weight, weight.astype(np.float32), sigma_mm, vs)
+    field_ = smooth_ratio(img * weight, weight.astype(np.float32), sigma_mm, vs)
     med = float(np.median(field_[weight > 0]))
     field_ = field_ / max(med, 1e-12)
     return np.clip(field_, 0.2, 5.0).astype(np.float32)
@@ -342,7 +310,7 @@ def _tissue_bias_field(
             g = gm & ~w & (np.abs(fc - g_mode) < 3.0 * g_sd)
             ratio = np.where(g, f / g_mode, ratio)
             w = w | g
-        field_ = _smooth_ratio(ratio.astype(np.float32), w.astype(np.float32), sigma_mm, vs)
+        field_ = smooth_ratio(ratio.astype(np.float32), w.astype(np.float32), sigma_mm, vs)
         field_ = field_ / max(float(np.median(field_[nawm])), 1e-12)
         field_ = np.clip(field_, 0.2, 5.0).astype(np.float32)
     return field_

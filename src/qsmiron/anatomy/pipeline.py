@@ -323,11 +323,7 @@ def _world_to_voxel(points_mm: np.ndarray, img: Image, path: Path | None) -> np.
 
 
 def _mean(values: np.ndarray, roi: np.ndarray) -> float:
-    return float(values[roi].mean()) if roi.any() else float("nan")
-
-
-def _nan() -> float:
-    return float("nan")
+    return float(values[roi].mean()) if roi.any() else np.nan
 
 
 # --------------------------------------------------------------------------------------------
@@ -433,6 +429,11 @@ def run_anatomy(
     measures: dict[str, Any] = {}
     if inp.flair is not None:
         _check_image(inp.flair, "FLAIR")
+    if inp.lesion_seeds is not None and inp.flair is None:
+        raise InputError("lesion seeds are grown on the FLAIR, and this subject has none",
+                         inp.lesion_seeds_path)
+    if inp.lesion_seeds is not None and inp.lesion_mask is not None:
+        raise InputError("give lesion seeds or a lesion mask, not both", inp.lesion_seeds_path)
     if inp.lesion_mask is not None:
         grid = inp.flair if inp.flair is not None else t1
         if grid is None:
@@ -499,15 +500,15 @@ def run_anatomy(
                                                            lesions_img.voxel_size)
         measures["lesion_count"] = int(n)
     else:
-        measures["t2_lesion_volume_ml"] = _nan()
-        measures["lesion_count"] = _nan()
+        measures["t2_lesion_volume_ml"] = np.nan
+        measures["lesion_count"] = np.nan
     if seg is not None and lesions_t1 is not None:
         add_lesions(seg, lesions_t1)
         t1_labels = seg.labels
 
     # 3. enhancing lesions -------------------------------------------------------------------
     enhancing_img: Image | None = None
-    measures["enhancing_lesion_count"] = _nan()
+    measures["enhancing_lesion_count"] = np.nan
     if inp.t1w_gd is not None and t1 is not None and t1_ref is not None:
         _check_image(inp.t1w_gd, "post-gadolinium T1w")
         t = stage("enhancing lesions")
@@ -539,9 +540,9 @@ def run_anatomy(
             "thalamus_left_volume_ml": fs.thalamus_left_ml,
             "thalamus_right_volume_ml": fs.thalamus_right_ml,
             "thalamus_volume_ml": fs.thalamus_left_ml + fs.thalamus_right_ml,
-            "total_gm_volume_ml": fs.total_gray_ml if fs.total_gray_ml is not None else _nan(),
+            "total_gm_volume_ml": fs.total_gray_ml if fs.total_gray_ml is not None else np.nan,
             "cortical_thickness_mm": (fs.mean_thickness_mm if fs.mean_thickness_mm is not None
-                                      else _nan()),
+                                      else np.nan),
         })
         sources["volumes"] = sources["thickness"] = fs.source
     elif seg is not None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -480,8 +481,6 @@ def register_template(
     -------
     TemplateRegistration
     """
-    import time
-
     ants = _ants()
     work = Path(workdir)
     work.mkdir(parents=True, exist_ok=True)

@@ -41,6 +41,7 @@ from scipy import ndimage as ndi
 
 from qsmiron import _checks
 from qsmiron.anatomy import register as reg
+from qsmiron.anatomy._smooth import robust_sd
 from qsmiron.anatomy.atlas import ATLAS_SPACE, load_atlas, tissue_priors
 from qsmiron.errors import InputError
 from qsmiron.recon.mask import head_mask
@@ -241,7 +242,7 @@ def _refine_thalamus(lab: np.ndarray, thal: int, t1w: np.ndarray, tissue: np.nda
         return
     it, iw = t1w[core], t1w[shell]
     mt, mw = float(np.median(it)), float(np.median(iw))
-    spread = 1.4826 * max(float(np.median(np.abs(it - mt))), float(np.median(np.abs(iw - mw))))
+    spread = max(robust_sd(it), robust_sd(iw))
     if abs(mw - mt) < 2.0 * spread:  # no usable contrast: keep the registration's border
         log.info("thalamus %d: T1w contrast with white matter too low to refine", thal)
         return
@@ -540,7 +541,7 @@ def segment_t1w(
     wm_core = brain & (priors[2] > 0.9)
     ref = corrected[wm_core] if wm_core.sum() > 100 else corrected[brain]
     med = float(np.median(ref))
-    sd = 1.4826 * float(np.median(np.abs(ref - med)))
+    sd = robust_sd(ref)
     bright = brain & (corrected > med + BRIGHT_K * max(sd, 1e-6 * abs(med)))
     depth = ndi.distance_transform_edt(brain, sampling=vs)
     brain &= ~(bright & (depth <= BRIGHT_EDGE_MM))
