@@ -240,6 +240,40 @@ def _anatomy(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run(args: argparse.Namespace) -> int:
+    from qsmiron.cohort.runner import load_config, run_cohort
+
+    params, run_cfg = load_config(args.config)
+    workers = args.workers or run_cfg.get("workers")
+    memory = args.memory_limit or run_cfg.get("memory_limit")
+    scheduler = args.scheduler or run_cfg.get("scheduler")
+    with _progress() as prog:
+        task = prog.add_task("cohort", total=None, current="starting the Dask cluster")
+
+        def show(p) -> None:
+            running = ", ".join(f"{k} ({v})" for k, v in sorted(p.running.items()))
+            ok = p.done - p.failed - p.skipped
+            prog.update(task, total=p.total, completed=p.done,
+                        current=f"ok {ok} | failed {p.failed} | up to date {p.skipped} | "
+                        f"running {len(p.running)}{': ' + running if running else ''}")
+            if p.last is not None and p.last.get("status") != "ok":
+                prog.console.print(f"[red]{p.last['participant_id']} failed[/red] in "
+                                   f"{p.last.get('stage')}: {p.last.get('error')}",
+                                   highlight=False)
+                p.last = None
+
+        result = run_cohort(args.bids_dir, args.out, args.participant_label, params,
+                            workers=workers, memory_limit=memory, scheduler=scheduler,
+                            progress=show)
+    console.print(
+        f"cohort of {len(result.records)} in {result.seconds:.0f} s: {result.n_ok} done, "
+        f"{result.n_skipped} already up to date, {result.n_failed} failed\n"
+        f"  measures table: {result.table} (columns described in measures.json)\n"
+        f"  logs:           {result.table.parent / 'logs'}", highlight=False)
+    print(result.table)
+    return min(result.n_failed, 100)
+
+
 def _invert(args: argparse.Namespace) -> int:
     import numpy as np
 
@@ -295,6 +329,76 @@ def _invert(args: argparse.Namespace) -> int:
     console.print(f"wrote {out} ({args.method}, B0 direction "
                   f"{', '.join(f'{v:+.3f}' for v in b0_dir)})")
     print(out)
+    return 0
+
+
+def _stats(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from qsmiron.stats.spec import load_spec
+    from qsmiron.stats.tables import predictor_label, read_measures, run_stats
+
+    spec = load_spec(args.spec)
+    table = read_measures(args.measures)
+    out = Path(args.out)
+    t0 = time.perf_counter()
+    with _progress() as prog:
+        task = prog.add_task("statistics", total=None, current="")
+
+        def step(done: int, total: int, what: str) -> None:
+            prog.update(task, completed=done, total=total, current=what)
+
+        res = run_stats(table, spec, out, progress=step, source=args.measures,
+                        strict=not args.keep_going)
+    s = res.summary
+    console.print(f"statistics of {s['n_ok']} of {s['n_rows']} subjects in "
+                  f"{time.perf_counter() - t0:.1f} s ({spec.name})", highlight=False)
+    for t in res.main_tables():
+        grid = Table(title=f"{t.spec.id}: {t.spec.title}", title_justify="left",
+                     show_lines=False, highlight=False)
+        for col in ("outcome", "predictor", "n", "unadjusted", "adjusted"):
+            grid.add_column(col, justify="right" if col == "n" else "left")
+        for un, ad in zip(t.rows[0::2], t.rows[1::2], strict=True):
+            grid.add_row(spec.label(un.outcome), predictor_label(ad, spec),
+                         str(ad.n), un.text, ad.text)
+        console.print(grid)
+    lines = []
+    pw = s["power"]
+    if pw["power"] is not None:
+        lines.append(f"  power for r = {pw['r']:g} at n = {pw['n']}: {100 * pw['power']:.1f}% "
+                     f"(n = {pw['n_for_target']} for {100 * pw['target_power']:.0f}%)")
+    lines.append(f"  tables:  {out / 'tables'} (CSV and Markdown, subgroups: "
+                 f"{', '.join(g.label for g in spec.subgroups) or 'none'})")
+    lines.append(f"  figures: {out / 'figures'}")
+    lines.append(f"  summary: {res.json_path}")
+    # the HTML report (qsmiron.report.html) reads stats.json and the files it names
+    from qsmiron.report.html import write_report
+
+    deriv = args.derivatives
+    if deriv is None and (Path(args.measures).parent / "dataset_description.json").is_file():
+        deriv = Path(args.measures).parent
+    result_path = write_report(out, deriv_root=deriv, measures=table)
+    lines.append(f"  report:  {result_path}")
+    console.print("\n".join(lines), highlight=False)
+    print(result_path)
+    return 0
+
+
+def _power(args: argparse.Namespace) -> int:
+    from qsmiron.stats.power import n_for_power, power
+
+    if args.n is not None:
+        p = power(args.r, args.n, args.alpha)
+        console.print(f"power {100 * p:.1f}% to detect r = {args.r:g} with n = {args.n} at "
+                      f"two-sided alpha {args.alpha:g} (Fisher z)", highlight=False)
+        print(f"{p:.4f}")
+    else:
+        target = 0.80 if args.power is None else args.power
+        n = n_for_power(args.r, target, args.alpha)
+        console.print(f"n = {n} for {100 * target:g}% power to detect r = {args.r:g} at "
+                      f"two-sided alpha {args.alpha:g} (Fisher z; power at n = {n}: "
+                      f"{100 * power(args.r, n, args.alpha):.1f}%)", highlight=False)
+        print(n)
     return 0
 
 
@@ -402,6 +506,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ce- label of the post-contrast T1w (default: %(default)s)")
     p.set_defaults(func=_anatomy)
 
+    p = sub.add_parser("run", help="a whole BIDS dataset: recon -> anatomy -> measures table",
+                       description="Run every subject (and session) of a BIDS dataset through "
+                       "reconstruction, anatomy and measurement in parallel on Dask, resumably, "
+                       "and write DERIV_DIR/qsmiron/measures.tsv. The exit status is the number "
+                       "of failed subjects (at most 100); 2 for a usage error.")
+    p.add_argument("bids_dir")
+    p.add_argument("--out", required=True, help="derivatives folder (qsmiron/ inside)")
+    p.add_argument("--participant-label", nargs="+", metavar="ID",
+                   help="subjects to run (default: all)")
+    p.add_argument("--workers", type=int, help="local worker processes (default: one per "
+                   "core, at most one per 4 GB of memory)")
+    p.add_argument("--memory-limit", help="memory limit per local worker, e.g. 4GB "
+                   "(default: memory shared evenly)")
+    p.add_argument("--scheduler", metavar="ADDRESS", help="use a running Dask scheduler "
+                   "(e.g. tcp://host:8786, dask-jobqueue on SLURM/PBS) instead of a local one")
+    p.add_argument("--config", metavar="TOML", help="study file: [recon], [anatomy], [run]")
+    p.set_defaults(func=_run)
+
     p = sub.add_parser("invert", help="dipole inversion of a local field map",
                        description="Invert a local field (ppm by default) inside a mask. B0 is "
                        "along the third voxel axis unless --b0-dir or --b0-from-affine; voxel "
@@ -419,6 +541,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--b0-from-affine", action="store_true",
                    help="derive the B0 direction from the header (scanner z axis)")
     p.set_defaults(func=_invert)
+
+    p = sub.add_parser("stats", help="the study's tables, ladder of powers, power and figures",
+                       description="Regenerate the study's regression tables from a cohort "
+                       "table (measures.tsv): Table 1 and Table 2 of the reference study, "
+                       "unadjusted and adjusted (statsmodels OLS), in each subgroup, with "
+                       "Tukey's ladder of powers and quantile-normal plots, scatter plots with "
+                       "fits, the power statement, stats.json and report.html. Rows whose status "
+                       "is not 'ok' are left out.")
+    p.add_argument("measures", metavar="MEASURES_TSV",
+                   help="per-subject table (TSV with n/a for missing values, or .csv)")
+    p.add_argument("--out", required=True, metavar="REPORT_DIR",
+                   help="output folder (tables/, figures/, stats.json, report.html)")
+    p.add_argument("--spec", metavar="TOML", help="study spec (default: the reference study; "
+                   "see docs/study.toml and docs/stats.md)")
+    p.add_argument("--derivatives", metavar="DIR",
+                   help="qsmiron derivatives folder of the cohort run, for the per-subject QC "
+                   "pages (default: the folder of MEASURES_TSV when it is a BIDS derivatives "
+                   "folder)")
+    p.add_argument("--keep-going", action="store_true",
+                   help="report models that cannot be fitted (too few rows, constant or "
+                   "collinear columns, values outside a transform's domain) as not estimable "
+                   "instead of stopping")
+    p.set_defaults(func=_stats)
+
+    p = sub.add_parser("power", help="power of a correlation study, or the n it needs",
+                       description="Power of the two-sided test of a correlation by Fisher's "
+                       "z, for a given n (--n), or the smallest n reaching a power (--power, "
+                       "default 0.8).")
+    p.add_argument("--r", type=float, required=True, help="smallest correlation of interest")
+    p.add_argument("--alpha", type=float, default=0.05,
+                   help="two-sided significance level (default: %(default)s)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--n", type=int, help="number of subjects: print the power")
+    g.add_argument("--power", type=float, help="target power: print the n needed (default 0.8)")
+    p.set_defaults(func=_power)
 
     p = sub.add_parser("convert", help="convert a DICOM folder to BIDS (dcm2niix)",
                        description="Convert a DICOM folder through dcm2niix into the BIDS "

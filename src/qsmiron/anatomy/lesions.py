@@ -81,8 +81,9 @@ How the defaults were chosen (from principles and the literature, not fitted to 
   tissues, so it is estimated from white and grey matter together (each voxel within 3 SD of
   its class mode contributes ``FLAIR / mode``; with labels, grey matter is the cortical
   ribbon only, as grey-matter-class voxels inside white matter are lesions; normalised
-  convolution with a Gaussian of ``bias_sigma_mm``; modes and windows re-estimated 3 times,
-  as N4 iterates). The receive
+  convolution of first order (a local linear fit, so the field does not lag at the edge of
+  the brain) with a Gaussian of ``bias_sigma_mm``; a second pass re-estimates modes and windows
+  on the corrected image and corrects the residual, as N4 iterates). The receive
   sensitivity of multi-channel head coils varies over a few cm; of the simulator's field (a
   Gaussian random field of ~12 % RMS and ~30 mm correlation) a 15 mm estimate leaves 30 %
   (3.5 %, half the NAWM SD), 20 mm 44 %, 30-40 mm 65-80 % (measured on draws of that field
@@ -115,6 +116,15 @@ Validation (tests/anatomy/test_lesions.py)
   juxtacortical lesions: simulated volume -41 %.
   Runtime: lesions 2-3 s per patient; ``segment_t1w`` 70-90 s per patient on two cores shared
   with other jobs.
+* Since the first-order, two-pass field (2026-11): simulated 2 mm cohort subjects (seed 7,
+  sub-001 / sub-002) Dice 0.81 / 0.76, partial-volume volume +4 % / +11 % (the mask's own
+  volume +40 % / +53 %; the one-pass zeroth-order field under-corrected the top of the head
+  by 12 % there and left 40 false components in sub-002); patient26 Dice 0.74, patient07
+  0.27-0.32 (from 0.37: more correction costs this already N4-corrected patient, whose best
+  is no correction at all, 0.50).
+* Volume: the automatic mode reports :func:`lesion_partial_volume_ml` (linear mixing of
+  lesion and NAWM levels over the mask and its one-voxel rim), the study's measure of load;
+  the binary mask's count overstates small lesions at 2 mm by half.
 * Simulated subject (8 lesions, 8 mL, bias and Rician noise): with ideal priors and labels
   Dice 1.00, volume 0 %; through ``segment_t1w`` and the propagated atlas Dice 0.99, volume
   +2 % (a second head: 0.93, +8 %); with the T1w only Dice 0.90, volume -10 %; seeded growing
@@ -280,6 +290,12 @@ def _bias_field(img: np.ndarray, weight: np.ndarray, vs: np.ndarray, sigma_mm: f
     return np.clip(field_, 0.2, 5.0).astype(np.float32)
 
 
+def _spread(values: np.ndarray) -> float:
+    """Gaussian-equivalent SD from the interquartile range (both halves of the histogram)."""
+    q1, q3 = np.percentile(values, [25.0, 75.0])
+    return float((q3 - q1) / 1.349)
+
+
 def _tissue_bias_field(
     f: np.ndarray,
     nawm: np.ndarray,
@@ -287,30 +303,46 @@ def _tissue_bias_field(
     gm: np.ndarray | None,
     vs: np.ndarray,
     sigma_mm: float,
-    iterations: int = 3,
+    iterations: int = 2,
 ) -> np.ndarray:
     """Smooth multiplicative bias of a FLAIR from its white (and grey) matter.
 
     The field is common to all tissues: each white-matter (and, when known, grey-matter)
     voxel within 3 SDs of its class mode gives ``f / mode``, and the ratios are smoothed by
     normalised convolution (Gaussian of ``sigma_mm``). Grey matter supports the estimate near
-    the cortex, where white matter alone would extrapolate. The class modes and the 3-SD
-    windows are re-estimated on the corrected image ``iterations`` times (voxels of a region
-    the first field missed re-enter the windows). Normalised to a median of 1 in NAWM.
+    the cortex, where white matter alone would extrapolate.
+
+    The smoothing is a local *linear* fit (first-order normalised convolution,
+    :func:`qsmiron.anatomy._smooth.smooth_ratio` with ``order=1``): a Gaussian-weighted local
+    mean lags a steep field at the edge of the brain, where half of its neighbourhood is
+    outside. As in N4 (Tustison et al. 2010) the field is then refined from the *residual* of
+    the corrected image (``iterations`` passes in all): the first pass takes the whole class's
+    spread as the window's SD, since before correction the bias itself widens the histogram;
+    the second re-estimates modes and 3-SD windows on the corrected image, so that regions the
+    first field missed re-enter, and multiplies the field by the smoothed residual. More
+    passes keep sharpening white matter a little, by flattening its genuine regional
+    variation as well: on already N4-corrected patients they add false positives. Normalised
+    to a median of 1 in NAWM.
     """
     use_gm = gm is not None and np.count_nonzero(gm) >= 1000
     field_ = np.ones_like(f)
-    for _ in range(max(int(iterations), 1)):
+    for it in range(max(int(iterations), 1)):
         fc = f / field_
         w_mode, w_sd = _peak_stats(fc[nawm])
+        if it == 0:
+            w_sd = max(w_sd, _spread(fc[nawm]))
         w = wm & (np.abs(fc - w_mode) < 3.0 * w_sd)  # white matter, not lesions
-        ratio = np.where(w, f / w_mode, 0.0)
+        ratio = np.where(w, fc / w_mode, 0.0)
         if use_gm:
             g_mode, g_sd = _peak_stats(fc[gm])
+            if it == 0:
+                g_sd = max(g_sd, _spread(fc[gm]))
             g = gm & ~w & (np.abs(fc - g_mode) < 3.0 * g_sd)
-            ratio = np.where(g, f / g_mode, ratio)
+            ratio = np.where(g, fc / g_mode, ratio)
             w = w | g
-        field_ = smooth_ratio(ratio.astype(np.float32), w.astype(np.float32), sigma_mm, vs)
+        step = smooth_ratio(ratio.astype(np.float32), w.astype(np.float32), sigma_mm, vs,
+                            order=1)
+        field_ = field_ * step
         field_ = field_ / max(float(np.median(field_[nawm])), 1e-12)
         field_ = np.clip(field_, 0.2, 5.0).astype(np.float32)
     return field_
@@ -827,6 +859,8 @@ def segment_lesions(
     mask[sl] = mask_c
     lab_out, count = label_lesions(mask)
     vol = lesion_volume_ml(mask, vs)
+    pv, pv_info = lesion_partial_volume_ml(f, mask_c, mode, vs, tissue=brain)
+    diag.update(binary_volume_ml=vol, partial_volume_ml=pv, lesion_level=pv_info["level"])
     log.info(
         "lesions: %d components, %.2f mL (NAWM mode %.4g, SD %.4g, core threshold %.4g, %s)",
         count,
@@ -844,6 +878,86 @@ def segment_lesions(
         threshold=float(core_th),
         diagnostics=diag,
     )
+
+
+def lesion_partial_volume_ml(
+    flair: np.ndarray,
+    mask: np.ndarray,
+    background: float,
+    voxel_size: Any,
+    tissue: np.ndarray | None = None,
+) -> tuple[float, dict[str, float]]:
+    """Lesion volume from a linear partial-volume (mixel) model of the FLAIR.
+
+    A voxel's signal is the volume-weighted mean of its tissues' signals, so a voxel holding a
+    fraction ``a`` of lesion reads ``background + a * (level - background)``. Each voxel of the
+    mask and of its one-voxel (6-neighbour) rim contributes ``a`` clipped to [0, 1]; the
+    volume is the sum. The lesion's pure level is the median of the lesion's *interior*
+    voxels (all six neighbours in the mask), or, for a lesion too small to have one, the
+    median interior level of all lesions (a voxel-sized lesion has no pure voxel: its
+    brightest voxel is itself a mixture). A binary mask counts every boundary voxel whole
+    and, at 2 mm, overstates small lesions by half; this estimate does not depend on where
+    the mask's boundary threshold sits.
+
+    Parameters
+    ----------
+    flair : (X, Y, Z) array
+        Bias-corrected FLAIR.
+    mask : (X, Y, Z) bool
+        Lesion mask.
+    background : float
+        Normal-appearing white-matter level of ``flair``.
+    voxel_size : sequence of 3 float
+        Voxel size, mm.
+    tissue : (X, Y, Z) bool, optional
+        Where rim voxels may count (e.g. the brain); default everywhere.
+
+    Returns
+    -------
+    volume_ml : float
+        Partial-volume lesion volume, mL.
+    info : dict
+        ``level`` (the global pure-lesion level) and ``binary_ml`` (the mask's volume).
+
+    References
+    ----------
+    .. [1] Van Leemput K, Maes F, Vandermeulen D, Suetens P. A unifying framework for
+       partial volume segmentation of brain MR images. IEEE TMI 2003;22:105-119.
+    .. [2] Dugas-Phocion G, Gonzalez Ballester MA, Malandain G, Lebrun C, Ayache N. Improved
+       EM-based tissue segmentation and partial volume effect quantification in multi-sequence
+       brain MRI. MICCAI 2004, LNCS 3216:26-33.
+
+    Examples
+    --------
+    >>> f = np.zeros((9, 9, 9), np.float32); f[3:6, 3:6, 3:6] = 1.0; f[2, 4, 4] = 0.5
+    >>> round(lesion_partial_volume_ml(f, f >= 0.5, 0.0, (1, 1, 1))[0] * 1000, 1)
+    27.5
+    """
+    vs = _checks.voxel_size_mm(voxel_size)
+    m = np.asarray(mask) > 0
+    binary_ml = float(np.count_nonzero(m) * np.prod(vs) / 1000.0)
+    if not m.any():
+        return 0.0, {"level": float("nan"), "binary_ml": 0.0}
+    f = np.asarray(flair, dtype=np.float32)
+    labels, n = ndi.label(m, structure=_STRUCT26)
+    inner = ndi.binary_erosion(m, structure=_STRUCT6)
+    level = float(np.median(f[inner])) if inner.any() else float(np.percentile(f[m], 90))
+    own = np.full(n + 1, level)
+    counts = np.bincount(labels[inner], minlength=n + 1)
+    has = np.flatnonzero(counts[1:] > 0) + 1
+    if has.size:
+        own[has] = ndi.median(f, np.where(inner, labels, 0), index=has)
+    # the rim takes the level of the lesion it touches
+    near = ndi.grey_dilation(labels, footprint=_STRUCT6.astype(bool))
+    rim = ~m & (near > 0)
+    if tissue is not None:
+        rim &= np.asarray(tissue, bool)
+    region = m | rim
+    lev = own[np.where(m, labels, near)[region]]
+    contrast = np.maximum(lev - background, 1e-12)
+    frac = np.clip((f[region] - background) / contrast, 0.0, 1.0)
+    volume = float(frac.sum() * np.prod(vs) / 1000.0)
+    return volume, {"level": level, "binary_ml": binary_ml}
 
 
 def grow_lesions(

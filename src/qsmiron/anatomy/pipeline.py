@@ -425,6 +425,7 @@ def run_anatomy(
 
     # 2. FLAIR and lesions -------------------------------------------------------------------
     lesions_img: Image | None = None
+    lesion_pv_ml: float | None = None
     lesions_t1: np.ndarray | None = None
     measures: dict[str, Any] = {}
     if inp.flair is not None:
@@ -478,6 +479,7 @@ def run_anatomy(
                                       **kw)
                 lesions_img = Image(res.mask, fl.affine, fl.path)
                 sources["lesions"] = "builtin"
+                lesion_pv_ml = float(res.diagnostics.get("partial_volume_ml", res.volume_ml))
                 info["lesions"] = {k: v for k, v in res.diagnostics.items()
                                    if isinstance(v, int | float | str)}
             seconds["lesions"] = time.perf_counter() - t
@@ -496,11 +498,15 @@ def run_anatomy(
         flags.append("no_flair")
     if lesions_img is not None:
         _, n = label_lesions(lesions_img.data.astype(bool))
-        measures["t2_lesion_volume_ml"] = lesion_volume_ml(lesions_img.data.astype(bool),
-                                                           lesions_img.voxel_size)
+        mask_ml = lesion_volume_ml(lesions_img.data.astype(bool), lesions_img.voxel_size)
+        # the automatic segmentation's volume is its partial-volume estimate; a user's or a
+        # seeded mask is measured as drawn
+        measures["t2_lesion_volume_ml"] = mask_ml if lesion_pv_ml is None else lesion_pv_ml
+        measures["t2_lesion_mask_volume_ml"] = mask_ml
         measures["lesion_count"] = int(n)
     else:
         measures["t2_lesion_volume_ml"] = np.nan
+        measures["t2_lesion_mask_volume_ml"] = np.nan
         measures["lesion_count"] = np.nan
     if seg is not None and lesions_t1 is not None:
         add_lesions(seg, lesions_t1)
