@@ -141,9 +141,16 @@ def test_killed_run_resumes_without_redoing_finished_subjects(cohort, run, tmp_p
     assert first.stat().st_mtime_ns == stamp and first.read_bytes() == content
     redone = json.loads((root / "sub-002" / "sub-002_measures.json").read_text())
     assert redone["status"] == "ok"
-    resumed = _read(root / "measures.tsv")
-    ref = run["table"].iloc[:2]
-    cols = [c for c in ref.columns if c != "seconds"]
-    pd.testing.assert_frame_equal(resumed[cols].reset_index(drop=True),
-                                  ref[cols].reset_index(drop=True))
+    resumed = _read(root / "measures.tsv").reset_index(drop=True)
+    ref = run["table"].iloc[:2].reset_index(drop=True)
+    assert list(resumed.columns) == list(ref.columns)
+    # identical inputs, parameters and thread counts: ids, status, counts, flags and resume
+    # keys are equal, the measures equal to float32 round-off (the chain is bit-identical
+    # within one process; between processes float32 reductions vary with memory alignment,
+    # measured at most 2e-5 relative, e.g. 634.4581 vs 634.4717 mL of grey matter)
+    measures = [c for c in ref.columns if ref[c].dtype.kind == "f" and c != "seconds"]
+    exact = [c for c in ref.columns if c not in measures and c != "seconds"]
+    pd.testing.assert_frame_equal(resumed[exact], ref[exact])
+    pd.testing.assert_frame_equal(resumed[measures], ref[measures], rtol=1e-4, atol=1e-6,
+                                  check_dtype=False)
     shutil.rmtree(deriv)

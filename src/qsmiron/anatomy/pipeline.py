@@ -177,8 +177,9 @@ class AnatomyParams:
         Paramagnetic threshold of the vein detection, ppm above local tissue.
     thickness_method : {"laplace", "distance"}
         Cortical thickness estimator.
-    syn_resolution_mm : float
-        Grid of the template SyN stage, mm.
+    syn_resolution_mm : float or None
+        Grid of the template SyN stage, mm; None (default) picks it from the T1w's voxel size
+        (:func:`qsmiron.anatomy.segment.syn_grid_mm`).
     """
 
     csf_reference: str = "atrium"
@@ -187,7 +188,7 @@ class AnatomyParams:
     rim_voxels: int = 1
     vein_chi_threshold_ppm: float = 0.15
     thickness_method: str = "laplace"
-    syn_resolution_mm: float = 2.0
+    syn_resolution_mm: float | None = None
 
 
 @dataclass

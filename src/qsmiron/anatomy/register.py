@@ -50,12 +50,20 @@ log = logging.getLogger(__name__)
 
 _LPS = np.diag([-1.0, -1.0, 1.0])
 
+#: Seed of ANTs' random sampling (``ANTS_RANDOM_SEED``) unless the environment sets one.
+ANTS_SEED = 20180467
+
 
 def _ants() -> Any:
-    """Import antspyx lazily (it is heavy) with ITK threads matched to the CPU budget."""
+    """Import antspyx lazily (it is heavy) with ITK threads matched to the CPU budget.
+
+    ``ANTS_RANDOM_SEED`` fixes the seed of ANTs' metric sampling and Atropos' initialisation
+    (otherwise drawn from the clock): reruns on the same inputs give the same result.
+    """
     os.environ.setdefault(
         "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", str(max(1, len(os.sched_getaffinity(0))))
     )
+    os.environ.setdefault("ANTS_RANDOM_SEED", str(ANTS_SEED))
     try:
         import ants
     except ImportError as exc:  # pragma: no cover - dependency declared in pyproject

@@ -48,6 +48,7 @@ from qsmiron.recon.mask import head_mask
 
 __all__ = [
     "DEEP_GREY",
+    "syn_grid_mm",
     "add_lesions",
     "partial_volumes",
     "T1Segmentation",
@@ -185,7 +186,7 @@ def _atropos(
     msk = grid(m_b.astype(np.float32))
     msk = msk.new_image_like((msk.numpy() >= 0.5).astype(np.float32))
     pri = [grid(p[box]) for p in priors]
-    out = ants.atropos(a=img, x=msk, i=pri, m="[0.1,1x1x1]", c="[5,0]",
+    out = ants.atropos(a=img, x=msk, i=pri, m="[0.1,1x1x1]", c="[5,0]", r=0,
                        priorweight=prior_weight)
     post = []
     for p in out["probabilityimages"]:
@@ -422,6 +423,25 @@ def structure_volumes(seg: T1Segmentation) -> dict[str, float]:
     }
 
 
+def syn_grid_mm(voxel_size: Any) -> float:
+    """Grid of the template SyN registration for a T1w of this voxel size, mm.
+
+    ``max(2, 1.5 x the largest voxel dimension)``: 2 mm for 1-1.3 mm T1w images (the template
+    deforms on a grid finer than a cortical thickness, and a finer one costs 8x more for
+    detail the 1 mm template and the later intensity refinements supply), 3 mm for 2 mm
+    images, where a 2 mm deformation grid would model one voxel per control point (SyN's flow
+    regularisation spans 3 grid voxels) at 4x the cost. Measured on two simulated 2 mm
+    subjects, 3 mm against 2 mm: thalamic volume error +0.8 / +2.3 % against +3.3 / +4.4 %,
+    relative susceptibility error within 0.8 ppb both ways, SyN 9 s against 37 s.
+
+    Examples
+    --------
+    >>> syn_grid_mm((1.0, 1.0, 1.0)), syn_grid_mm((0.45, 0.45, 1.2)), syn_grid_mm((2, 2, 2))
+    (2.0, 2.0, 3.0)
+    """
+    return float(max(2.0, 1.5 * float(np.max(_checks.voxel_size_mm(voxel_size)))))
+
+
 def segment_t1w(
     t1w: np.ndarray,
     affine: np.ndarray,
@@ -430,7 +450,7 @@ def segment_t1w(
     brain_mask: np.ndarray | None = None,
     path: str | Path | None = None,
     progress: Callable[[str], None] | None = None,
-    syn_resolution_mm: float = 2.0,
+    syn_resolution_mm: float | None = None,
     prior_weight: float = 0.25,
 ) -> T1Segmentation:
     """Segment a T1w: bias correction, template registration, atlas labels, tissue classes.
@@ -449,8 +469,9 @@ def segment_t1w(
         The T1w file, for error messages.
     progress : callable, optional
         Called with the name of each stage.
-    syn_resolution_mm : float
-        Grid of the SyN stage (see :func:`qsmiron.anatomy.register.register_template`).
+    syn_resolution_mm : float or None
+        Grid of the SyN stage (see :func:`qsmiron.anatomy.register.register_template`);
+        None: :func:`syn_grid_mm` of the T1w's voxel size.
     prior_weight : float
         Weight of the template tissue priors in Atropos (0: initialisation only, 1: priors
         dominate). 0.25 is the ANTs cortical-thickness pipeline's default; without priors the
@@ -506,6 +527,8 @@ def segment_t1w(
                 f"{MIN_SIMILARITY}); check that it is a T1-weighted head image and that its "
                 "header orientation is right (e.g. with fsleyes or mrview)", where)
 
+    if syn_resolution_mm is None:
+        syn_resolution_mm = syn_grid_mm(vs)
     tr = reg.register_template(corrected, aff, atlas.t1, atlas.affine, atlas.brain_mask,
                                workdir, head_mask=head, skull_stripped=stripped,
                                syn_resolution_mm=syn_resolution_mm, check=check)
