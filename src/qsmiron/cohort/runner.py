@@ -498,6 +498,9 @@ def _client(scheduler: str | None, workers: int, threads: int, memory_limit: str
     import dask
     from distributed import Client, LocalCluster
 
+    # the scheduler's routine messages are not the user's business; warnings still show
+    logging.getLogger("distributed").setLevel(logging.WARNING)
+
     if scheduler:
         try:
             return Client(scheduler, timeout="30s"), None
