@@ -293,6 +293,25 @@ def _assemble(
     # volume. Skipped when the two levels are not separated by the noise.
     for thal in (10, 49):
         _refine_thalamus(lab, thal, t1w, tissue, probs["csf"], brain, vs)
+    # the same half-way rule at the thalamus's border with the ventricles, which widen with
+    # atrophy: their partial-volume voxels keep the template's grey-matter prior (a 2 mm voxel
+    # two-thirds third ventricle is still "grey matter" to the EM), so a thalamus voxel within
+    # 5 mm of a ventricle whose T1w is nearer the ventricles' own CSF level than the thalamus's
+    # is mostly CSF and joins the nearest ventricle
+    pure_csf = vent & csf
+    if np.count_nonzero(pure_csf) >= 20:
+        m_csf = float(np.median(t1w[pure_csf]))
+        for thal in (10, 49):
+            t = lab == thal
+            core = t & (ndi.distance_transform_edt(t, sampling=vs) > THALAMUS_BAND_MM)
+            if np.count_nonzero(core) < 20:
+                continue
+            m_thal = float(np.median(t1w[core]))
+            spread = max(robust_sd(t1w[core]), robust_sd(t1w[pure_csf]))
+            if abs(m_thal - m_csf) < 2.0 * spread:
+                continue
+            to_csf = t & (dist_vent <= 5.0) & (np.abs(t1w - m_csf) < np.abs(t1w - m_thal))
+            lab[to_csf] = nearest_vent[to_csf]
     # unlabelled brain and the cortical ribbon: tissue class decides
     free = brain & ((lab == 0) | np.isin(lab, _CORTEX))
     lab[free & (tissue == 2)] = wm_lab[free & (tissue == 2)]

@@ -574,16 +574,19 @@ def _cell(row: Mapping[str, Any] | None) -> dict[str, Any]:
 
 def _paired_rows(table: Mapping[str, Any], spec: Mapping[str, Any]) -> list[dict[str, Any]]:
     """One display row per (outcome, predictor): the unadjusted and adjusted fits side by side."""
-    pairs: dict[tuple[str, str, str], dict[str, Any]] = {}
+    # one term per predictor (a binary factor is coded as one level against the other); a
+    # fit that was not estimable has no term, so pairs are keyed by the variables only
+    pairs: dict[tuple[str, str], dict[str, Any]] = {}
     for r in table.get("rows") or []:
-        k = (_text(r.get("outcome")), _text(r.get("predictor")), _text(r.get("term")))
+        k = (_text(r.get("outcome")), _text(r.get("predictor")))
         entry = pairs.setdefault(k, {"unadjusted": None, "adjusted": None})
         entry["adjusted" if r.get("adjusted") else "unadjusted"] = r
     out = []
     spec_tr = spec.get("transforms") or {}
-    for (outcome, _predictor, _term), e in pairs.items():
+    for (outcome, _predictor), e in pairs.items():
         un, ad = e["unadjusted"], e["adjusted"]
-        any_row = ad if ad is not None else un
+        with_term = [r for r in (ad, un) if r is not None and _text(r.get("term"))]
+        any_row = with_term[0] if with_term else (ad if ad is not None else un)
         ns = [_num(r.get("n"), 0) for r in (un, ad) if r is not None]
         n = ns[0] if len(set(ns)) == 1 else " / ".join(ns)
         out.append({
