@@ -69,11 +69,27 @@ def test_inspect_swapped_is_a_clear_error(capsys):
 
 
 def test_demo_small(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path / "demo"), "--subjects", "1"]) == 0
-    out = capsys.readouterr()
-    assert str(tmp_path / "demo") in out.out
-    assert (tmp_path / "demo" / "bids" / "sub-001" / "anat" / "sub-001_T1w.nii.gz").exists()
-    assert (tmp_path / "demo" / "truth" / "truth.tsv").exists()
+    """The README's main command, one subject: simulate -> run -> stats -> report in a browser.
+
+    One subject leaves every regression not estimable (the report says so); the default
+    8-subject demo takes about 4 minutes on 2 cores (README).
+    """
+    from tests.report.chromium import check_page
+
+    demo = tmp_path / "demo"
+    assert main(["demo", "--out", str(demo), "--subjects", "1"]) == 0
+    report = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report == demo / "report" / "report.html"
+    assert (demo / "bids" / "sub-001" / "anat" / "sub-001_T1w.nii.gz").exists()
+    table = pd.read_csv(demo / "derivatives" / "qsmiron" / "measures.tsv", sep="\t")
+    truth = pd.read_csv(demo / "truth" / "truth.tsv", sep="\t")
+    assert table["status"].tolist() == ["ok"]
+    assert abs(table["rel_chi_ppb"][0] - truth["rel_chi_ppb"][0]) <= 5.0
+    page = check_page(report)
+    assert page["loaded"] and page["broken_images"] == []
+    assert {"table1", "table2"} <= set(page["table_ids"])
+    subject = check_page(report.parent / "subjects" / "sub-001.html")
+    assert subject["n_images"] == 1 and subject["broken_images"] == []
 
 
 @pytest.fixture(scope="module")

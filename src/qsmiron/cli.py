@@ -10,7 +10,6 @@ import argparse
 import logging
 import sys
 import time
-import tomllib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -50,14 +49,10 @@ def _load_effects(path: str | None):
 
     if path is None:
         return Effects()
+    from qsmiron.io.nifti import read_toml
+
     p = Path(path)
-    try:
-        with p.open("rb") as fh:
-            data = tomllib.load(fh)
-    except FileNotFoundError:
-        raise InputError("effects file not found", p) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise InputError(f"not valid TOML ({exc})", p) from None
+    data = read_toml(p, "effects file")
     return Effects.from_mapping(data.get("effects", data), p)
 
 

@@ -18,6 +18,7 @@ from qsmiron.cohort import runner
 from qsmiron.cohort.provenance import input_key, subject_inputs
 from qsmiron.cohort.runner import Unit, build_table, load_config, process_unit, select_units
 from qsmiron.errors import InputError
+from qsmiron.io.bids import derivatives_dir
 from qsmiron.measure.subject import MEASURES, SubjectParams, subject_record
 
 
@@ -45,9 +46,9 @@ class Recorder:
         self.fail, self.interrupt = fail, interrupt
 
     def __call__(self, bids_dir, deriv_dir, subject, session, params, progress=None):
-        self.calls.append(subject)
+        self.calls.append(subject if session is None else f"{subject}/{session}")
         progress("read")
-        out = Path(deriv_dir) / "qsmiron" / f"sub-{subject}" / "anat"
+        out = derivatives_dir(deriv_dir, subject, session) / "anat"
         out.mkdir(parents=True, exist_ok=True)
         (out / f"sub-{subject}_Chimap.nii.gz").write_bytes(b"chi")
         progress("recon")
@@ -55,8 +56,8 @@ class Recorder:
             raise KeyboardInterrupt  # the process dies here (not an error of the subject)
         if subject in self.fail:
             raise InputError("image data truncated or corrupt", f"sub-{subject}_phase.nii.gz")
-        return subject_record(subject, None, {"rel_chi_ppb": -20.0 - int(subject),
-                                              "enhancing_lesion_count": 1})
+        return subject_record(subject, session, {"rel_chi_ppb": -20.0 - int(subject),
+                                                 "enhancing_lesion_count": 1})
 
 
 @pytest.fixture
@@ -174,3 +175,26 @@ def test_selection_and_config_errors(tmp_path) -> None:
     cfg.write_text("[anatomy]\ncsf_radius_mm = 'four'\n")
     with pytest.raises(InputError, match="csf_radius_mm must be float"):
         load_config(cfg)
+
+
+def test_sessions_are_units(tmp_path, monkeypatch) -> None:
+    bids = tmp_path / "bids"
+    for ses in ("01", "02"):
+        anat = bids / "sub-001" / f"ses-{ses}" / "anat"
+        anat.mkdir(parents=True)
+        (anat / f"sub-001_ses-{ses}_T1w.nii.gz").write_bytes(f"t1 {ses}".encode())
+    rec = Recorder()
+    monkeypatch.setattr(runner, "measure_subject", rec)
+    units = select_units(bids)
+    assert units == [Unit("001", "01"), Unit("001", "02")]
+    deriv = tmp_path / "deriv"
+    for u in units:
+        assert process_unit(str(bids), str(deriv), u, SubjectParams())["status"] == "ok"
+    assert (deriv / "qsmiron" / "sub-001" / "ses-02" / "sub-001_ses-02_measures.json").exists()
+    # a session's key covers its own files only: editing ses-02 leaves ses-01 up to date
+    (bids / "sub-001" / "ses-02" / "anat" / "sub-001_ses-02_T1w.nii.gz").write_bytes(b"new")
+    assert process_unit(str(bids), str(deriv), units[0], SubjectParams())["skipped"]
+    assert not process_unit(str(bids), str(deriv), units[1], SubjectParams())["skipped"]
+    table, _ = build_table(bids, deriv)
+    assert table["session_id"].tolist() == ["ses-01", "ses-02"]
+    assert rec.calls == ["001/01", "001/02", "001/02"]

@@ -47,7 +47,7 @@ from qsmiron import __version__
 from qsmiron.cohort.provenance import input_key, subject_inputs
 from qsmiron.errors import InputError, QsmironError
 from qsmiron.io.bids import list_subjects, write_dataset_description
-from qsmiron.io.nifti import atomic_write_bytes, read_json, write_json, write_tsv
+from qsmiron.io.nifti import atomic_write_bytes, read_json, read_toml, write_json, write_tsv
 from qsmiron.measure.subject import MEASURES, SubjectParams, measure_subject
 
 __all__ = ["CohortResult", "Progress", "Unit", "build_table", "load_config", "process_unit",
@@ -423,7 +423,6 @@ def load_config(path: str | Path | None) -> tuple[SubjectParams, dict[str, Any]]
         Unreadable TOML, an unknown key or a value of the wrong type, naming the file.
     """
     import dataclasses
-    import tomllib
 
     from qsmiron.anatomy.pipeline import AnatomyParams
     from qsmiron.recon.pipeline import ReconParams
@@ -431,13 +430,7 @@ def load_config(path: str | Path | None) -> tuple[SubjectParams, dict[str, Any]]
     if path is None:
         return SubjectParams(), {}
     path = Path(path)
-    try:
-        with path.open("rb") as fh:
-            data = tomllib.load(fh)
-    except FileNotFoundError:
-        raise InputError("config file not found", path) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise InputError(f"not valid TOML ({exc})", path) from None
+    data = read_toml(path, "config file")
 
     def section(name: str, cls: type) -> Any:
         values = data.get(name, {})

@@ -152,6 +152,30 @@ def read_json(path: str | Path) -> dict[str, Any]:
     return content
 
 
+def read_toml(path: str | Path, what: str = "file") -> dict[str, Any]:
+    """Read a TOML file, raising :class:`InputError` naming it on any problem.
+
+    Parameters
+    ----------
+    path : str or Path
+        The file.
+    what : str
+        What it is, for messages ("config file", "spec file", ...).
+    """
+    import tomllib
+
+    path = Path(path)
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise InputError(f"{what} not found", path) from None
+    except OSError as exc:
+        raise InputError(f"cannot read {what} ({exc.strerror})", path) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise InputError(f"not valid TOML ({exc})", path) from None
+
+
 def voxel_size(affine: np.ndarray) -> np.ndarray:
     """Voxel size in mm along the three voxel axes, from the columns of an affine.
 

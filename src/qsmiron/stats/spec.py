@@ -24,7 +24,6 @@ from __future__ import annotations
 import math
 import operator
 import re
-import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from qsmiron.errors import InputError
+from qsmiron.io.nifti import read_toml
 
 __all__ = [
     "DEFAULT_LABELS",
@@ -574,13 +574,5 @@ def load_spec(path: str | Path | None = None) -> StudySpec:
     if path is None:
         return REFERENCE_SPEC
     p = Path(path)
-    try:
-        with p.open("rb") as fh:
-            data = tomllib.load(fh)
-    except FileNotFoundError:
-        raise InputError("spec file not found", p) from None
-    except OSError as exc:
-        raise InputError(f"cannot read spec file ({exc.strerror})", p) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise InputError(f"not valid TOML ({exc})", p) from None
+    data = read_toml(p, "spec file")
     return spec_from_mapping(data, p)
