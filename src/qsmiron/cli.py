@@ -299,7 +299,8 @@ def _run(args: argparse.Namespace) -> int:
     with _progress() as prog:
         result = run_cohort(args.bids_dir, args.out, args.participant_label, params,
                             workers=workers, memory_limit=memory, scheduler=scheduler,
-                            progress=_cohort_progress(prog, "cohort"))
+                            progress=_cohort_progress(prog, "cohort"),
+                            threads_per_worker=args.threads_per_worker)
     console.print(
         f"cohort of {len(result.records)} in {result.seconds:.0f} s: {result.n_ok} done, "
         f"{result.n_skipped} already up to date, {result.n_failed} failed\n"
@@ -555,6 +556,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "core, at most one per 4 GB of memory)")
     p.add_argument("--memory-limit", help="memory limit per local worker, e.g. 4GB "
                    "(default: memory shared evenly)")
+    p.add_argument("--threads-per-worker", type=int, metavar="N",
+                   help="threads of each local worker (default: the cores shared evenly)")
     p.add_argument("--scheduler", metavar="ADDRESS", help="use a running Dask scheduler "
                    "(e.g. tcp://host:8786, dask-jobqueue on SLURM/PBS) instead of a local one")
     p.add_argument("--config", metavar="TOML", help="study file: [recon], [anatomy], [run]")

@@ -527,6 +527,7 @@ def run_cohort(
     scheduler: str | None = None,
     progress: Callable[[Progress], None] | None = None,
     poll_seconds: float = 0.5,
+    threads_per_worker: int | None = None,
 ) -> CohortResult:
     """Run a BIDS dataset through recon -> anatomy -> measure on Dask; write the table.
 
@@ -554,6 +555,10 @@ def run_cohort(
         ``poll_seconds`` while waiting.
     poll_seconds : float
         Progress refresh interval, s.
+    threads_per_worker : int, optional
+        Threads of each local worker (FFT, ITK, BLAS); default the cores divided among the
+        workers. Results depend slightly on ITK's thread count (multi-threaded sums); one
+        thread makes a subject's result independent of how the run was split.
 
     Returns
     -------
@@ -578,7 +583,9 @@ def run_cohort(
     n_workers = workers or default_workers(len(units))
     if n_workers < 1:
         raise InputError(f"--workers must be at least 1, found {n_workers}")
-    threads = max(1, _cpus() // n_workers)
+    threads = threads_per_worker or max(1, _cpus() // n_workers)
+    if threads < 1:
+        raise InputError(f"--threads-per-worker must be at least 1, found {threads}")
     client, cluster = _client(scheduler, n_workers, threads, memory_limit)
     state = Progress(total=len(units))
     records: dict[Unit, dict[str, Any]] = {}
