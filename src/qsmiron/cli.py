@@ -145,7 +145,7 @@ def _demo(args: argparse.Namespace) -> int:
         f"  measures:     {result.table}\n  truth:        {out / 'truth' / 'truth.tsv'}\n"
         f"  report:       {report}\n"
         f"A cohort this small shows the chain, not the study's effects: "
-        f"'qsmiron demo --subjects 95' reproduces them (about {95 * 0.5:.0f} min on 2 cores).",
+        f"'qsmiron demo --subjects 95' reproduces them (about 45 min on 2 cores).",
         highlight=False)
     print(report)
     return 0
