@@ -65,6 +65,10 @@ def echo_stack(image: np.ndarray, name: str) -> np.ndarray:
         raise InputError(f"{name} has zero echoes (shape {arr.shape}): nothing to fit")
     if np.iscomplexobj(arr):
         raise InputError(f"{name} must be real; pass magnitude and phase separately")
+    return _finite_float32(arr, name)
+
+
+def _finite_float32(arr: np.ndarray, name: str) -> np.ndarray:
     arr = arr.astype(np.float32, copy=False)
     if not np.isfinite(arr).all():
         n_bad = int(np.count_nonzero(~np.isfinite(arr)))
@@ -78,12 +82,7 @@ def image3d(image: np.ndarray, name: str) -> np.ndarray:
     arr = np.asarray(image)
     if arr.ndim != 3:
         raise InputError(f"{name} must be a 3D image, found shape {arr.shape}")
-    arr = arr.astype(np.float32, copy=False)
-    if not np.isfinite(arr).all():
-        n_bad = int(np.count_nonzero(~np.isfinite(arr)))
-        raise InputError(f"{name} contains {n_bad} NaN or infinite values; replace them "
-                         "(e.g. with 0 and exclude those voxels from the mask)")
-    return arr
+    return _finite_float32(arr, name)
 
 
 def mask3d(mask: np.ndarray | None, shape: tuple[int, ...], allow_none: bool = True

@@ -445,8 +445,9 @@ def load_config(path: str | Path | None) -> tuple[SubjectParams, dict[str, Any]]
             obj = cls(**values)
         except TypeError as exc:
             raise InputError(f"bad [{name}] values ({exc})", path) from None
+        defaults = cls()
         for f in dataclasses.fields(cls):
-            default = getattr(cls(), f.name)
+            default = getattr(defaults, f.name)
             got = getattr(obj, f.name)
             if default is not None and got is not None and not isinstance(
                     got, type(default)) and not (isinstance(default, float)
