@@ -246,6 +246,27 @@ def test_wrong_orientation_t1w_is_refused(study, tmp_path) -> None:
     assert "flipped_T1w.nii.gz" in str(exc.value)
 
 
+def test_upside_down_flair_is_refused(study, tmp_path) -> None:
+    """A FLAIR whose data run foot-to-head against its header: the overlap check stops it.
+
+    The identity-initialised rigid search cannot turn the head over, so after it the FLAIR's
+    head covers a fraction of the T1w brain well under :data:`MIN_RIGID_COVERAGE` (a
+    correctly oriented FLAIR of the same session covers all of it, see the other tests'
+    logs and ``test_head_mask_keeps_the_vertex_of_a_flair``).
+    """
+    from qsmiron.anatomy.freesurfer import read_freesurfer_subject
+    from qsmiron.anatomy.pipeline import load_anatomy_inputs
+
+    inp = load_anatomy_inputs(study["bids"], study["deriv"], SUB)
+    inp.freesurfer = read_freesurfer_subject(_fs_subject(study, tmp_path))
+    assert inp.flair is not None
+    inp.flair = Image(inp.flair.data[:, :, ::-1].copy(), inp.flair.affine,
+                      tmp_path / "upside_down_FLAIR.nii.gz")
+    with pytest.raises(InputError, match="FLAIR vs T1w") as exc:
+        run_anatomy(inp, tmp_path / "work")
+    assert "upside_down_FLAIR.nii.gz" in str(exc.value)
+
+
 def test_seeded_lesions_with_freesurfer(study, tmp_path) -> None:
     """The study's semi-automatic mode: one seed per true lesion (scanner mm) grows it.
 

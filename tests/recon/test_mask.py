@@ -18,6 +18,7 @@ from qsmiron.recon.mask import (
     MaskQualityWarning,
     brain_mask,
     csf_mask,
+    head_mask,
     mask_quality,
 )
 from qsmiron.recon.multiecho import r2star_map
@@ -181,3 +182,24 @@ def test_brain_mask_keeps_bright_deep_grey_matter():
     for labels in ((13, 14), (19, 20), (17, 18)):
         roi = np.isin(ph.labels, labels)
         assert (mask & roi).sum() >= 0.99 * roi.sum(), labels
+
+
+@pytest.mark.parametrize("falloff", [1.0, 0.5])
+def test_head_mask_keeps_the_vertex_of_a_flair(subject2mm, falloff):
+    """The FLAIR's dim vertex (GM and sulcal CSF under the coil's fall-off) stays in the head.
+
+    Truth: the phantom's brain. The simulated FLAIR is also dimmed by a receive-coil fall-off
+    from 1 at the thalami's level to ``falloff`` at the top slice; everything down to half of
+    Otsu's threshold that is connected to the head is kept, so the whole brain is covered and
+    the mask grows by no more than its own partial-volume rim outside the true head.
+    """
+    sub = subject2mm
+    z = np.arange(sub.scan.flair.shape[2], dtype=np.float32)
+    centre = ndi.center_of_mass(np.isin(sub.phantom.labels, T.THALAMUS))[2]
+    ramp = 1.0 - (1.0 - falloff) * np.clip((z - centre) / (z[-1] - centre), 0.0, 1.0)
+    flair = sub.scan.flair * ramp
+    head = head_mask(flair, sub.voxel_size)
+    brain = sub.brain
+    assert (head & brain).sum() / brain.sum() > 0.995
+    true_head = ndi.binary_fill_holes(sub.phantom.labels > 0)
+    assert (head & ~true_head).sum() / true_head.sum() < 0.05

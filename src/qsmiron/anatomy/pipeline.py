@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy import ndimage as ndi
 
 from qsmiron import _checks
 from qsmiron.anatomy import register as reg
@@ -96,6 +97,15 @@ EXTRA_LABELS = {
 #: registered moving image's mask) below which the two images are taken not to show the same
 #: head (wrong file or header orientation): aligned images of one session give > 0.97.
 MIN_RIGID_COVERAGE = 0.9
+#: Least ``|contrast|`` of a registered image between the T1w's white matter and lateral
+#: ventricles (:func:`ventricle_contrast`). Aligned images give +/-1.00 (real MS patients'
+#: FLAIR, post-contrast T1w and T2w, simulated FLAIR, post-contrast T1w and T1w); the
+#: simulated images flipped head-to-foot or front-to-back give -0.25 to +0.48 after the rigid
+#: search, though their heads still overlap by 81-100% (a left-right flip cannot be seen by
+#: either test).
+MIN_VENTRICLE_CONTRAST = 0.8
+#: Fewest eroded white-matter and ventricle voxels :func:`ventricle_contrast` judges on.
+MIN_CONTRAST_VOXELS = 50
 #: Head motion between two images of one session beyond which they are flagged.
 MAX_ROTATION_DEG, MAX_TRANSLATION_MM = 20.0, 30.0
 
@@ -278,8 +288,61 @@ def _user_mask_on(grid: Image, user: Image, name: str, labels: bool = False) -> 
     return np.rint(out).astype(np.int32) if labels else np.asarray(out, bool)
 
 
+def ventricle_contrast(image: np.ndarray, labels: np.ndarray) -> float | None:
+    """Contrast of an image between white matter and the lateral ventricles, -1 to +1.
+
+    ``2 P(WM > m) - 1`` with ``m`` the ventricles' median (ties count half): +1 when the
+    white matter is brighter than the typical ventricular voxel (T1w, FLAIR), -1 when darker
+    (GRE magnitude, T2w), near 0 when the labels do not lie on the anatomy they name. The
+    ventricles' median, not each of their voxels, is compared: choroid plexus, partial CSF
+    suppression and periventricular lesions make a quarter of an MS patient's ventricle
+    label bright on FLAIR (a voxel-pair statistic gives 0.69-0.79 there).
+
+    Parameters
+    ----------
+    image : (X, Y, Z) array
+        An image resampled onto the grid of ``labels``.
+    labels : (X, Y, Z) int array
+        FreeSurfer aseg numbering (white matter 2/41, lateral ventricles 4/43).
+
+    Returns
+    -------
+    float or None
+        None when fewer than :data:`MIN_CONTRAST_VOXELS` voxels of either remain after
+        a one-voxel erosion (slit ventricles on a coarse grid).
+    """
+    vent = ndi.binary_erosion(np.isin(labels, (4, 43)))
+    wm = ndi.binary_erosion(np.isin(labels, (2, 41)))
+    if min(int(vent.sum()), int(wm.sum())) < MIN_CONTRAST_VOXELS:
+        return None
+    img = np.asarray(image)
+    m = np.median(img[vent])
+    w = img[wm]
+    return float(2.0 * (np.mean(w > m) + 0.5 * np.mean(w == m)) - 1.0)
+
+
+def _registered_contrast(image: Image, tx: reg.LinearTransform, labels: Image | None,
+                         invert: bool = False) -> float | None:
+    """:func:`ventricle_contrast` of ``image`` brought onto the T1w labels' grid by ``tx``
+    (``tx`` maps ``image`` onto the T1w, or, with ``invert``, the T1w onto ``image``)."""
+    if labels is None:
+        return None
+    def onto(a: np.ndarray) -> np.ndarray:
+        return reg.resample(a, image.affine, labels.shape, labels.affine, [tx.path],
+                            invert=[invert])
+
+    # judged within the image's field of view (a GRE slab need not cover the whole brain)
+    inside = onto(np.ones(image.shape, np.float32)) > 0.99
+    return ventricle_contrast(onto(image.data), np.where(inside, labels.data, 0))
+
+
 def _brain_overlap_check(tx: reg.LinearTransform, what: str, moving: Image,
-                         flags: list[str], code: str) -> None:
+                         flags: list[str], code: str, contrast: float | None = None) -> None:
+    """Refuse a registration that did not bring one head onto the other; flag large motion.
+
+    ``contrast`` is :func:`ventricle_contrast` of the GRE magnitude, FLAIR or post-contrast
+    T1w on the T1w's labels after the registration (None: not checked).
+    """
     if tx.coverage is not None and tx.coverage < MIN_RIGID_COVERAGE:
         raise InputError(
             f"{what}: after rigid registration only {100 * tx.coverage:.0f}% of the brain "
@@ -287,6 +350,15 @@ def _brain_overlap_check(tx: reg.LinearTransform, what: str, moving: Image,
             f"{100 * MIN_RIGID_COVERAGE:.0f}% for images of one session); the image is of "
             "another subject or its header orientation is wrong (check with fsleyes or "
             "mrview)", moving.path)
+    if contrast is not None:
+        log.info("%s: white matter vs lateral ventricles, contrast %+.2f", what, contrast)
+    if contrast is not None and abs(contrast) < MIN_VENTRICLE_CONTRAST:
+        raise InputError(
+            f"{what}: after rigid registration the T1w's lateral ventricles and white matter "
+            f"do not differ in the other image (contrast {contrast:+.2f}; expected beyond "
+            f"+/-{MIN_VENTRICLE_CONTRAST:.1f} on aligned images of one session): its header "
+            "orientation is wrong (flipped or swapped axes) or it is of another subject "
+            "(check with fsleyes or mrview)", moving.path)
     if tx.rotation_deg > MAX_ROTATION_DEG or tx.translation_mm > MAX_TRANSLATION_MM:
         flags.append(f"{code}_large_motion")
         log.warning("%s: head moved %.0f deg / %.0f mm between the scans", what,
@@ -451,7 +523,8 @@ def run_anatomy(
                                    fixed_mask=brain_t1,
                                    moving_mask=head_mask(fl.data, fl.voxel_size))
         transforms["flair_to_t1w"] = tx_fl.path
-        _brain_overlap_check(tx_fl, "FLAIR vs T1w", fl, flags, "flair_t1w")
+        _brain_overlap_check(tx_fl, "FLAIR vs T1w", fl, flags, "flair_t1w",
+                             _registered_contrast(fl, tx_fl, t1_label_grid))
         seconds["flair_registration"] = time.perf_counter() - t
         if lesions_img is None:
             t = stage("lesions")
@@ -523,7 +596,8 @@ def run_anatomy(
         tx_gd = reg.register_rigid(t1_ref, t1.affine, gd.data, gd.affine, work, "gd_to_t1w",
                                    fixed_mask=brain_t1,
                                    moving_mask=head_mask(gd.data, gd.voxel_size))
-        _brain_overlap_check(tx_gd, "post-gadolinium T1w vs T1w", gd, flags, "gd_t1w")
+        _brain_overlap_check(tx_gd, "post-gadolinium T1w vs T1w", gd, flags, "gd_t1w",
+                             _registered_contrast(gd, tx_gd, t1_label_grid))
         transforms["gd_to_t1w"] = tx_gd.path
         gd_on_t1 = reg.resample(gd.data, gd.affine, t1.shape, t1.affine, [tx_gd.path])
         les_t1 = lesions_t1 if lesions_t1 is not None else np.zeros(t1.shape, bool)
@@ -572,7 +646,8 @@ def run_anatomy(
         tx_q = reg.register_rigid(mag.data, mag.affine, t1_ref, t1.affine, work, "t1w_to_qsm",
                                   fixed_mask=qmask, moving_mask=brain_t1)
         transforms["t1w_to_qsm"] = tx_q.path
-        _brain_overlap_check(tx_q, "T1w vs GRE", t1, flags, "t1w_gre")
+        _brain_overlap_check(tx_q, "T1w vs GRE", t1, flags, "t1w_gre",
+                             _registered_contrast(mag, tx_q, t1_label_grid, invert=True))
         info["t1w_to_qsm"] = {"rotation_deg": tx_q.rotation_deg,
                               "translation_mm": tx_q.translation_mm,
                               "coverage": tx_q.coverage}
