@@ -300,7 +300,8 @@ def _run(args: argparse.Namespace) -> int:
         result = run_cohort(args.bids_dir, args.out, args.participant_label, params,
                             workers=workers, memory_limit=memory, scheduler=scheduler,
                             progress=_cohort_progress(prog, "cohort"),
-                            threads_per_worker=args.threads_per_worker)
+                            threads_per_worker=(args.threads_per_worker
+                                                or run_cfg.get("threads_per_worker")))
     console.print(
         f"cohort of {len(result.records)} in {result.seconds:.0f} s: {result.n_ok} done, "
         f"{result.n_skipped} already up to date, {result.n_failed} failed\n"

@@ -175,6 +175,11 @@ def test_selection_and_config_errors(tmp_path) -> None:
     cfg.write_text("[anatomy]\ncsf_radius_mm = 'four'\n")
     with pytest.raises(InputError, match="csf_radius_mm must be float"):
         load_config(cfg)
+    cfg.write_text("[run]\nthreads_per_worker = 1\nscheduler = 'tcp://head:8786'\n")
+    assert load_config(cfg)[1] == {"threads_per_worker": 1, "scheduler": "tcp://head:8786"}
+    cfg.write_text("[run]\nworkers = 0\n")
+    with pytest.raises(InputError, match="workers must be a positive integer, found 0"):
+        load_config(cfg)
 
 
 def test_sessions_are_units(tmp_path, monkeypatch) -> None:

@@ -415,7 +415,7 @@ def load_config(path: str | Path | None) -> tuple[SubjectParams, dict[str, Any]]
     params : SubjectParams
         Recon and anatomy parameters (``[run] gd_entity`` included).
     run : dict
-        ``workers``, ``memory_limit``, ``scheduler`` when given.
+        ``workers``, ``threads_per_worker``, ``memory_limit``, ``scheduler`` when given.
 
     Raises
     ------
@@ -459,13 +459,24 @@ def load_config(path: str | Path | None) -> tuple[SubjectParams, dict[str, Any]]
     recon = section("recon", ReconParams)
     anatomy = section("anatomy", AnatomyParams)
     run = data.get("run", {})
-    known_run = {"workers", "memory_limit", "scheduler", "gd_entity"}
-    unknown = sorted(set(run) - known_run)
+    if not isinstance(run, dict):
+        raise InputError("[run] must be a table", path)
+    known_run = {"workers": int, "threads_per_worker": int, "memory_limit": str,
+                 "scheduler": str, "gd_entity": str}
+    unknown = sorted(set(run) - set(known_run))
     if unknown:
         raise InputError(f"unknown key(s) {unknown} in [run]; known: {sorted(known_run)}", path)
+    for key, kind in known_run.items():
+        value = run.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, kind) or isinstance(value, bool) or (
+                kind is int and value < 1):
+            want = "a positive integer" if kind is int else "a string"
+            raise InputError(f"[run] {key} must be {want}, found {value!r}", path)
     gd = str(run.get("gd_entity", "gadolinium"))
     return (SubjectParams(recon=recon, anatomy=anatomy, gd_entity=gd),
-            {k: run[k] for k in ("workers", "memory_limit", "scheduler") if k in run})
+            {k: run[k] for k in known_run if k in run and k != "gd_entity"})
 
 
 # --------------------------------------------------------------------------------------------
