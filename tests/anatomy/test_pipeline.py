@@ -21,7 +21,6 @@ from qsmiron.cli import main
 from qsmiron.errors import InputError
 from qsmiron.io.nifti import load_nifti
 from qsmiron.simulate import tissues as T
-from qsmiron.simulate.cohort import simulate_cohort
 
 SUB = "001"
 
@@ -31,15 +30,8 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory) -> dict[str, Path]:
-    out = tmp_path_factory.mktemp("anat")
-    simulate_cohort(out, 1, seed=7)
-    bids, deriv = out / "bids", out / "deriv"
-    assert main(["recon", str(bids), "--subject", SUB, "--out", str(deriv)]) == 0
-    assert main(["anatomy", str(bids), "--subject", SUB, "--out", str(deriv)]) == 0
-    anat = deriv / "qsmiron" / f"sub-{SUB}" / "anat"
-    return {"root": out, "bids": bids, "deriv": deriv, "anat": anat,
-            "truth": out / "truth" / f"sub-{SUB}"}
+def study(seed7_subject) -> dict[str, Path]:
+    return seed7_subject
 
 
 def _truth(study) -> dict:

@@ -20,10 +20,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from qsmiron.cli import main
 from qsmiron.errors import InputError
 from qsmiron.report.html import subject_key, write_report, write_subject_pages
-from qsmiron.simulate.cohort import cohort_table, simulate_cohort
+from qsmiron.simulate.cohort import cohort_table
 from qsmiron.stats.tables import run_stats
 
 from .chromium import check_page, local_links, screenshot
@@ -33,12 +32,9 @@ EVIL = '<script>alert("x")</script> & <b>bold</b>'
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory) -> dict[str, object]:
+def report(seed7_subject, tmp_path_factory) -> dict[str, object]:
     out = tmp_path_factory.mktemp("report")
-    simulate_cohort(out, 1, seed=7)
-    bids, deriv = out / "bids", out / "deriv"
-    assert main(["recon", str(bids), "--subject", SUB, "--out", str(deriv)]) == 0
-    assert main(["anatomy", str(bids), "--subject", SUB, "--out", str(deriv)]) == 0
+    bids, deriv = seed7_subject["bids"], seed7_subject["deriv"]
     root = deriv / "qsmiron"
     anat = json.loads((root / f"sub-{SUB}" / "anat" / f"sub-{SUB}_desc-anatomy_measures.json")
                       .read_text())
