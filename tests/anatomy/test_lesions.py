@@ -253,7 +253,8 @@ def test_atrophied_subject_with_wide_sulci(tmp_path) -> None:
     chain: ``segment_t1w`` priors and atlas labels, then :func:`segment_lesions`. When the
     grey-matter voxels touching CSF entered the bias field's grey-matter sample, their CSF
     partial volume pulled the field 10% low over the posterior white matter, which read as
-    10 lesions and 8.7 mL (Dice 0.18; now 0.67 and 0.95 mL). Truth: the simulator's lesion mask and partial-volume load.
+    10 lesions and 8.7 mL (Dice 0.18; now 0.67 and 0.95 mL). Truth: the simulator's lesion
+    mask and partial-volume load.
     """
     from qsmiron.anatomy.segment import segment_t1w
     from qsmiron.simulate.cohort import _rng, draw_subject, subject_anatomy
