@@ -89,8 +89,8 @@ How the defaults were chosen (from principles and the literature, not fitted to 
   its class mode contributes ``FLAIR / mode``; grey-matter voxels touching CSF or the brain's
   edge are left out, as they share their volume with FLAIR-dark CSF; with labels, grey matter
   is the cortical ribbon only, as grey-matter-class voxels inside white matter are lesions;
-  normalised
-  convolution with a Gaussian of ``bias_sigma_mm``; modes and windows re-estimated 3 times,
+  normalised convolution with a Gaussian of ``bias_sigma_mm``; modes and windows re-estimated
+  3 times,
   the first window as wide as the whole class's spread). The receive
   sensitivity of multi-channel head coils varies over a few cm; of the simulator's field (a
   Gaussian random field of ~12 % RMS and ~30 mm correlation) a 15 mm estimate leaves 30 %
@@ -742,8 +742,6 @@ def segment_lesions(
 
     # ---- bias correction ---------------------------------------------------------------------
     if bias_correction.endswith("wm-smooth"):
-        # grey-matter sample: with labels, the cortical ribbon only (grey-matter-class voxels
-        # inside white matter are lesions)
         # grey-matter sample: not touching CSF or the brain's edge (such a voxel shares its
         # volume with CSF, dark on FLAIR: around the wide sulci of an atrophied brain they
         # pulled the field down by 10% and the white matter there read as lesion); with

@@ -341,8 +341,8 @@ def _brain_overlap_check(tx: reg.LinearTransform, what: str, moving: Image,
                          flags: list[str], code: str, contrast: float | None = None) -> None:
     """Refuse a registration that did not bring one head onto the other; flag large motion.
 
-    ``contrast`` is :func:`ventricle_contrast` of the GRE magnitude, FLAIR or post-contrast
-    T1w on the T1w's labels after the registration (None: not checked).
+    ``contrast`` is :func:`ventricle_contrast` of the FLAIR or post-contrast T1w on the T1w's
+    labels after the registration (None: not checked).
     """
     if tx.coverage is not None and tx.coverage < MIN_RIGID_COVERAGE:
         raise InputError(
@@ -353,13 +353,13 @@ def _brain_overlap_check(tx: reg.LinearTransform, what: str, moving: Image,
             "mrview)", moving.path)
     if contrast is not None:
         log.info("%s: white matter vs lateral ventricles, contrast %+.2f", what, contrast)
-    if contrast is not None and abs(contrast) < MIN_VENTRICLE_CONTRAST:
-        raise InputError(
-            f"{what}: after rigid registration the T1w's lateral ventricles and white matter "
-            f"do not differ in the other image (contrast {contrast:+.2f}; expected beyond "
-            f"+/-{MIN_VENTRICLE_CONTRAST:.1f} on aligned images of one session): its header "
-            "orientation is wrong (flipped or swapped axes) or it is of another subject "
-            "(check with fsleyes or mrview)", moving.path)
+        if abs(contrast) < MIN_VENTRICLE_CONTRAST:
+            raise InputError(
+                f"{what}: after rigid registration the T1w's lateral ventricles and white "
+                f"matter do not differ in the other image (contrast {contrast:+.2f}; expected "
+                f"beyond +/-{MIN_VENTRICLE_CONTRAST:.1f} on aligned images of one session): "
+                "its header orientation is wrong (flipped or swapped axes) or it is of another "
+                "subject (check with fsleyes or mrview)", moving.path)
     if tx.rotation_deg > MAX_ROTATION_DEG or tx.translation_mm > MAX_TRANSLATION_MM:
         flags.append(f"{code}_large_motion")
         log.warning("%s: head moved %.0f deg / %.0f mm between the scans", what,
