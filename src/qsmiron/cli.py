@@ -293,15 +293,12 @@ def _run(args: argparse.Namespace) -> int:
     from qsmiron.cohort.runner import load_config, run_cohort
 
     params, run_cfg = load_config(args.config)
-    workers = args.workers or run_cfg.get("workers")
-    memory = args.memory_limit or run_cfg.get("memory_limit")
-    scheduler = args.scheduler or run_cfg.get("scheduler")
+    # the command line wins over the file where given (a bad value, e.g. 0, is then refused)
+    opts = {key: getattr(args, key) if getattr(args, key) is not None else run_cfg.get(key)
+            for key in ("workers", "threads_per_worker", "memory_limit", "scheduler")}
     with _progress() as prog:
         result = run_cohort(args.bids_dir, args.out, args.participant_label, params,
-                            workers=workers, memory_limit=memory, scheduler=scheduler,
-                            progress=_cohort_progress(prog, "cohort"),
-                            threads_per_worker=(args.threads_per_worker
-                                                or run_cfg.get("threads_per_worker")))
+                            progress=_cohort_progress(prog, "cohort"), **opts)
     console.print(
         f"cohort of {len(result.records)} in {result.seconds:.0f} s: {result.n_ok} done, "
         f"{result.n_skipped} already up to date, {result.n_failed} failed\n"

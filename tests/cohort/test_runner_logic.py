@@ -177,6 +177,10 @@ def test_selection_and_config_errors(tmp_path) -> None:
         load_config(cfg)
     cfg.write_text("[run]\nthreads_per_worker = 1\nscheduler = 'tcp://head:8786'\n")
     assert load_config(cfg)[1] == {"threads_per_worker": 1, "scheduler": "tcp://head:8786"}
+    for kw in ({"workers": 0}, {"threads_per_worker": 0}):  # refused before anything is written
+        with pytest.raises(InputError, match="must be at least 1, found 0"):
+            runner.run_cohort(bids, tmp_path / "out", **kw)
+        assert not (tmp_path / "out").exists()
     cfg.write_text("[run]\nworkers = 0\n")
     with pytest.raises(InputError, match="workers must be a positive integer, found 0"):
         load_config(cfg)

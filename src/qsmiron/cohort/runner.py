@@ -584,6 +584,13 @@ def run_cohort(
     if not bids.is_dir():
         raise InputError("BIDS folder not found", bids)
     units = select_units(bids, participant_labels)
+    n_workers = workers if workers is not None else default_workers(len(units))
+    if n_workers < 1:
+        raise InputError(f"--workers must be at least 1, found {n_workers}")
+    threads = (threads_per_worker if threads_per_worker is not None
+               else max(1, _cpus() // n_workers))
+    if threads < 1:
+        raise InputError(f"--threads-per-worker must be at least 1, found {threads}")
     p = params or SubjectParams()
     root = deriv / "qsmiron"
     write_dataset_description(root, "qsmiron derivatives", dataset_type="derivative",
@@ -592,12 +599,6 @@ def run_cohort(
     ignore = root / ".bidsignore"
     if not ignore.exists():
         atomic_write_bytes(ignore, f"{_LOGS}/\nmeasures.*\n".encode())
-    n_workers = workers or default_workers(len(units))
-    if n_workers < 1:
-        raise InputError(f"--workers must be at least 1, found {n_workers}")
-    threads = threads_per_worker or max(1, _cpus() // n_workers)
-    if threads < 1:
-        raise InputError(f"--threads-per-worker must be at least 1, found {threads}")
     client, cluster = _client(scheduler, n_workers, threads, memory_limit)
     state = Progress(total=len(units))
     records: dict[Unit, dict[str, Any]] = {}
