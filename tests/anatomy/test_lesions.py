@@ -55,55 +55,110 @@ PATIENTS = [
 ]
 
 
-@pytest.mark.parametrize("patient", PATIENTS)
-def test_real_patients_dice(patient: str, record_property, tmp_path) -> None:
-    """Automatic segmentation against the multi-rater consensus (Lesjak et al. 2017).
+@pytest.fixture(scope="module")
+def real_patient(tmp_path_factory):
+    """A real patient's FLAIR, brain mask, consensus mask and the automatic chain's priors.
 
     The fully automatic chain a user runs: the built-in T1w segmentation
     (:func:`qsmiron.anatomy.segment.segment_t1w`: N4, ICBM152 registration, Atropos tissue
     posteriors) gives the tissue priors and the CerebrA atlas propagated through its
-    registration (``atlas_labels``) the lesion-blind anatomical labels; then
-    :func:`segment_lesions` with its defaults. FLAIR and T1w of the database share one
-    grid (MNI152, 1 mm).
+    registration (``atlas_labels``) the lesion-blind anatomical labels. FLAIR and T1w of the
+    database share one grid (MNI152, 1 mm). Computed once per patient for the module.
     """
     from qsmiron.anatomy.segment import segment_t1w
     from qsmiron.io.nifti import load_nifti, voxel_size
 
-    folder = DATA / patient
-    if not folder.exists():
-        pytest.skip(f"{folder} not available")
-    flair, aff, _ = load_nifti(next(folder.glob("FLAIR_*.nii.gz")))
-    t1, _, _ = load_nifti(next(folder.glob("T1_*.nii.gz")))
-    gold = load_nifti(next(folder.glob("GOLD_STANDARD_*.nii.gz")))[0] > 0.5
-    brain = ndi.binary_fill_holes(flair > 0)
-    vs = voxel_size(aff)
+    cache: dict[str, dict] = {}
 
-    t0 = time.perf_counter()
-    seg = segment_t1w(t1, aff, tmp_path, brain_mask=brain)
-    labels = seg.atlas_labels
-    t_seg = time.perf_counter() - t0
+    def get(patient: str) -> dict:
+        if patient in cache:
+            return cache[patient]
+        folder = DATA / patient
+        if not folder.exists():
+            pytest.skip(f"{folder} not available")
+        flair, aff, _ = load_nifti(next(folder.glob("FLAIR_*.nii.gz")))
+        t1, _, _ = load_nifti(next(folder.glob("T1_*.nii.gz")))
+        gold = load_nifti(next(folder.glob("GOLD_STANDARD_*.nii.gz")))[0] > 0.5
+        brain = ndi.binary_fill_holes(flair > 0)
+        t0 = time.perf_counter()
+        seg = segment_t1w(t1, aff, tmp_path_factory.mktemp(patient), brain_mask=brain)
+        cache[patient] = {
+            "flair": flair, "brain": brain, "gold": gold, "vs": voxel_size(aff),
+            "t_seg": time.perf_counter() - t0,
+            "priors": dict(
+                t1w=seg.t1w, wm_prior=seg.probs["wm"], gm_prior=seg.probs["gm"],
+                csf_prior=seg.probs["csf"], labels=np.rint(seg.atlas_labels).astype(np.int16),
+            ),
+        }
+        return cache[patient]
 
+    return get
+
+
+@pytest.mark.parametrize("patient", PATIENTS)
+def test_real_patients_dice(patient: str, real_patient, record_property) -> None:
+    """Automatic segmentation against the multi-rater consensus (Lesjak et al. 2017):
+    :func:`segment_lesions` with its defaults on the chain of ``real_patient``."""
+    p = real_patient(patient)
+    vs, gold = p["vs"], p["gold"]
     t0 = time.perf_counter()
-    res = segment_lesions(
-        flair, brain, vs, t1w=seg.t1w, wm_prior=seg.probs["wm"], gm_prior=seg.probs["gm"],
-        csf_prior=seg.probs["csf"], labels=np.rint(labels).astype(np.int16),
-    )
+    res = segment_lesions(p["flair"], p["brain"], vs, **p["priors"])
     t_les = time.perf_counter() - t0
     d = dice(res.mask, gold)
     true_ml = lesion_volume_ml(gold, vs)
     err = (res.volume_ml - true_ml) / true_ml
     msg = (
         f"{patient}: Dice {d:.3f}, volume {res.volume_ml:.2f} mL vs {true_ml:.2f} mL "
-        f"({100 * err:+.0f}%), count {res.count}, T1w segmentation {t_seg:.0f} s, "
+        f"({100 * err:+.0f}%), count {res.count}, T1w segmentation {p['t_seg']:.0f} s, "
         f"lesions {t_les:.1f} s"
     )
     print(msg)
     log.info(msg)
     record_property("dice", d)
     record_property("volume_error", err)
-    record_property("runtime_s", t_seg + t_les)
+    record_property("runtime_s", p["t_seg"] + t_les)
     assert res.mask.dtype == bool and res.labels.max() == res.count
     assert res.diagnostics["reference"] == "tissue priors" and res.diagnostics["labels"]
+    assert d >= 0.6, msg
+
+
+def _thick_slices(x: np.ndarray, n: int) -> np.ndarray:
+    """Average ``n`` consecutive slices (the last axis): a FLAIR acquired with slices ``n``
+    times thicker integrates the signal over its thickness."""
+    k = x.shape[2] // n * n
+    return x[:, :, :k].astype(np.float32).reshape(x.shape[0], x.shape[1], k // n, n).mean(axis=3)
+
+
+def test_real_patient_on_2mm_slices(real_patient, record_property) -> None:
+    """patient26 as if its FLAIR had 2 mm slices (the study's FLAIR has voxels of
+    0.6 x 0.6 x 1.2 mm, twice as long across slices as in-plane): slices averaged in pairs,
+    the T1w priors and labels moved onto that grid as the pipeline does (labels: the first
+    slice of each pair). Truth: the consensus mask averaged the same way (its partial volume,
+    so the volume is the 1 mm consensus volume, 8.2 mL). The automatic partial-volume lesion
+    volume must stay within 25% of it (typical inter-rater agreement on lesion volume) and
+    the Dice criterion hold (consensus fraction > 0.5 on the 2 mm grid). With an opening
+    element that was a single plane across the slices, 1.4-1.5 times the true volume came
+    through (patient07: 4-6 times its 1.3 mL; now 1.1-1.5 times, depending on which slice
+    of each pair gives the labels: with so small a load one false component of 0.5 mL is
+    +40%, so it is reported in docs/anatomy.md, not asserted)."""
+    patient = "patient26"
+    p = real_patient(patient)
+    vs = p["vs"] * np.array([1.0, 1.0, 2.0])
+    priors = {k: (v[:, :, : v.shape[2] // 2 * 2 : 2] if k == "labels" else _thick_slices(v, 2))
+              for k, v in p["priors"].items()}
+    gold = _thick_slices(p["gold"], 2)
+    res = segment_lesions(_thick_slices(p["flair"], 2), _thick_slices(p["brain"], 2) > 0.5, vs,
+                          **priors)
+    true_ml = float(gold.sum() * np.prod(vs) / 1000.0)
+    pv_ml = res.diagnostics["partial_volume_ml"]
+    err = (pv_ml - true_ml) / true_ml
+    d = dice(res.mask, gold > 0.5)
+    msg = (f"{patient} on 1 x 1 x 2 mm: Dice {d:.3f}, partial-volume lesion volume {pv_ml:.2f} "
+           f"mL vs {true_ml:.2f} mL ({100 * err:+.0f}%)")
+    print(msg)
+    record_property("dice", d)
+    record_property("volume_error", err)
+    assert abs(err) < 0.25, msg
     assert d >= 0.6, msg
 
 
@@ -277,3 +332,56 @@ def test_atrophied_subject_with_wide_sulci(tmp_path) -> None:
     print(msg)
     assert abs(pv - true_ml) / true_ml < 0.2, msg
     assert dice(res.mask, truth) > 0.55, msg
+
+
+def test_rim_growth_is_in_mm_on_thick_slices() -> None:
+    """Cores grow into their partial-volume rim by ``edge_growth_mm`` (2 mm) in every
+    direction: on a 1 x 1 x 3 mm FLAIR two in-plane voxels, and no slice above or below
+    (3 mm away). Truth by construction: a 20-SD core of 8 x 8 voxels over 3 slices in
+    white matter with noise, surrounded in-plane and across 3 slices by noise-free tissue at
+    2.6 SDs (above ``k_edge`` = 2, below ``k_core`` = 3). Counting voxel steps instead grew
+    two slices (6 mm) above and below the lesion."""
+    rng = np.random.default_rng(5)
+    shape = (64, 64, 22)
+    nawm, sd = 100.0, 2.0
+    f = np.full(shape, nawm, np.float32)
+    halo = np.zeros(shape, bool)
+    halo[24:40, 24:40, 6:15] = True
+    core = np.zeros(shape, bool)
+    core[28:36, 28:36, 9:12] = True
+    f[halo] = nawm + 2.6 * sd
+    f[core] = nawm + 20.0 * sd
+    f += np.where(halo, 0.0, rng.normal(0.0, sd, shape)).astype(np.float32)
+    brain = np.zeros(shape, bool)
+    brain[2:-2, 2:-2, 1:-1] = True
+    res = segment_lesions(f, brain, (1.0, 1.0, 3.0), bias_correction="none")
+    m = res.mask
+    assert dice(m & core, core) == 1.0
+    slices = np.flatnonzero(m.any(axis=(0, 1)))
+    assert slices.tolist() == [9, 10, 11], slices  # no growth across 3 mm slices
+    # in-plane the rim is reached: 1 and 2 mm from the core, not 3
+    inplane = ndi.distance_transform_edt(~core[:, :, 10])
+    grown = m[:, :, 10] & ~core[:, :, 10]
+    assert grown.any() and inplane[grown].max() <= 2.0 + 1e-6
+
+
+def test_single_slice_hyperintensity_is_not_a_lesion() -> None:
+    """On a FLAIR with 2 mm slices, the core opening needs a voxel either side along every
+    axis, as at 1 mm: a hyperintensity confined to one slice (2 mm thick, below the 3 mm of
+    the MAGNIMS lesion criterion; e.g. the inflow artefact of a 2D FLAIR) is not a lesion,
+    one spanning three slices (6 mm) is. Truth by construction, both 10 SD above white
+    matter and 10 x 10 voxels in-plane. An opening element confined to the slice plane kept
+    both."""
+    rng = np.random.default_rng(6)
+    shape = (64, 64, 24)
+    f = np.float32(100.0) + rng.normal(0.0, 2.0, shape).astype(np.float32)
+    sheet = np.zeros(shape, bool)
+    sheet[14:24, 27:37, 8] = True
+    lesion = np.zeros(shape, bool)
+    lesion[40:50, 27:37, 13:16] = True
+    f[sheet | lesion] += 20.0
+    brain = np.zeros(shape, bool)
+    brain[2:-2, 2:-2, 1:-1] = True
+    m = segment_lesions(f, brain, (1.0, 1.0, 2.0), bias_correction="none").mask
+    assert not (m & ndi.binary_dilation(sheet, iterations=2)).any()
+    assert dice(m, lesion) > 0.9
