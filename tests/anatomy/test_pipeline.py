@@ -259,6 +259,28 @@ def test_upside_down_flair_is_refused(study, tmp_path) -> None:
     assert "upside_down_FLAIR.nii.gz" in str(exc.value)
 
 
+def test_thick_slice_flair_is_flagged(study, tmp_path) -> None:
+    """A FLAIR with 4 mm slices (pairs of the 2 mm slices averaged, header to match) is
+    segmented, and flagged ``flair_thick_slices``: MAGNIMS-CMSC-NAIMS 2021 ask for at most
+    3 mm, and the automatic rule loses lesions thinner than three slices beyond that."""
+    from qsmiron.anatomy.freesurfer import read_freesurfer_subject
+    from qsmiron.anatomy.pipeline import MAX_FLAIR_SLICE_MM, load_anatomy_inputs
+
+    inp = load_anatomy_inputs(study["bids"], study["deriv"], SUB)
+    inp.freesurfer = read_freesurfer_subject(_fs_subject(study, tmp_path))
+    fl = inp.flair
+    assert fl is not None and max(fl.voxel_size) <= MAX_FLAIR_SLICE_MM
+    k = fl.shape[2] // 2 * 2
+    data = fl.data[:, :, :k].reshape(fl.shape[0], fl.shape[1], k // 2, 2).mean(axis=3)
+    aff = fl.affine.copy()
+    aff[:3, 3] += 0.5 * aff[:3, 2]  # the centre of the first pair
+    aff[:3, 2] *= 2.0
+    inp.flair = Image(data.astype(np.float32), aff, tmp_path / "thick_FLAIR.nii.gz")
+    res = run_anatomy(inp, tmp_path / "work")
+    assert "flair_thick_slices" in res.flags
+    assert np.isfinite(res.measures["t2_lesion_volume_ml"])
+
+
 def test_seeded_lesions_with_freesurfer(study, tmp_path) -> None:
     """The study's semi-automatic mode: one seed per true lesion (scanner mm) grows it.
 
@@ -288,6 +310,7 @@ def test_seeded_lesions_with_freesurfer(study, tmp_path) -> None:
     inp.freesurfer = read_freesurfer_subject(_fs_subject(study, tmp_path))
     res = run_anatomy(inp, tmp_path / "work")
     assert res.sources["lesions"] == f"seeded:{seeds}"
+    assert "flair_thick_slices" not in res.flags  # 2 mm
     truth = _truth(study)
     assert res.measures["lesion_count"] == truth["lesion_count"] == len(rows) - 1
     d = dice(res.lesions.data.astype(bool), inst > 0)

@@ -90,6 +90,7 @@ QC_FLAG_HELP: dict[str, str] = {
     "t1w_gre_large_motion": "T1w and GRE far apart (> 20 degrees or 30 mm)",
     "thalamus_mask_not_lateralised": "the thalamus mask is not split into left and right",
     "enhancing_without_t2_lesions": "enhancing foci but no T2 lesion",
+    "flair_thick_slices": "FLAIR slices thicker than 3 mm: small T2 lesions are missed",
 }
 
 _LABEL_RE = re.compile(r"^[A-Za-z0-9]+$")
