@@ -1,0 +1,48 @@
+"""Tests of the MS-specific clean-up in qsmiron.anatomy.segment (atlas labels + tissue classes).
+
+Truth by construction: a synthetic label/intensity layout whose subject anatomy differs from
+the propagated template's in a known way.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from qsmiron.anatomy.segment import VENTRICLES, _assemble
+
+
+def test_wide_third_ventricle_is_not_thalamus() -> None:
+    """An atrophied subject's third ventricle reaches 8 mm beyond the template's on each side.
+
+    The template (propagated labels) has two 18 mm thalami around a 4 mm third ventricle; the
+    subject's ventricle is 20 mm wide (T1w at the CSF level), its thalami 10 mm. The
+    ventricle's partial-volume voxels keep the template's grey-matter prior, so the tissue
+    classes call them grey matter; their T1w, nearer the CSF level than the thalamus's, and
+    their connection to the ventricle make them ventricle. A rule limited to 5 mm from the
+    template's ventricle left 3 mm of CSF on each side labelled thalamus (+30% volume).
+    """
+    shape = (60, 60, 40)
+    vs = np.ones(3)
+    x = np.arange(shape[0])[:, None, None]
+    box = np.zeros(shape, bool)
+    box[:, 20:40, 10:30] = True
+    aseg = np.zeros(shape, np.int16)  # white matter elsewhere (unlabelled)
+    aseg[box & (x >= 10) & (x < 28)] = 10
+    aseg[box & (x >= 32) & (x < 50)] = 49
+    aseg[box & (x >= 28) & (x < 32)] = 14
+    true_vent = box & (x >= 20) & (x < 40)
+    true_thal = box & ~true_vent & (x >= 10) & (x < 50)
+
+    t1w = np.full(shape, 0.5, np.float32)  # white matter
+    t1w[true_thal] = 0.3
+    t1w[true_vent] = 0.05
+    t1w += np.random.default_rng(1).normal(0.0, 0.01, shape).astype(np.float32)
+    gm = np.isin(aseg, (10, 49)).astype(np.float32)  # the template's prior wins the EM
+    csf = (aseg == 14).astype(np.float32)
+    probs = {"csf": csf, "gm": gm, "wm": 1.0 - gm - csf}
+    hemi = np.where(x < 30, 1.0, 2.0) * np.ones(shape, np.float32)
+
+    lab = _assemble(aseg, hemi, np.ones(shape, bool), probs, vs, t1w)
+    assert np.isin(lab[true_vent], VENTRICLES).all()
+    assert np.count_nonzero(lab == 10) == np.count_nonzero(true_thal & (x < 30))
+    assert np.count_nonzero(lab == 49) == np.count_nonzero(true_thal & (x >= 30))
