@@ -126,7 +126,11 @@ Validation (tests/anatomy/test_lesions.py)
   40 mm 0.46 / 0.75 / 1.00 / 0.67 (+91 % volume); no bias correction (these patients are
   N4-corrected already) 0.50 / 0.75 / 0.86 / 0.23; N4 0.35 / 0.75 / 0.84 / 0.84. Excluding
   grey-matter-class voxels near the cortex (instead of judging them against grey matter) cut
-  juxtacortical lesions: simulated volume -41 %.
+  juxtacortical lesions: simulated volume -41 %. Judging grey-matter-class voxels within
+  ``cortex_margin_mm`` of the deep nuclei against grey matter too, as at the cortex (2026-11):
+  patient07 0.44 (volume +34 -> +6 %), patient26 0.74 (-11 -> -14 %), simulated unchanged; it
+  removes the caps anterior to the frontal horns, next to the caudate heads, and with them
+  258 voxels of true periventricular lesions on the caudate: not adopted.
   Runtime: lesions 2-3 s per patient; ``segment_t1w`` 70-90 s per patient on two cores shared
   with other jobs.
 * Since N4 runs before the tissue-based field and the opening is at least one voxel wide
