@@ -69,6 +69,7 @@ _CORTEX = (3, 42)
 _CEREBELLAR_CORTEX = (8, 47)
 _LESION = 77
 _CSF = 24
+_STRUCT6 = ndi.generate_binary_structure(3, 1)
 #: Registration QC after the affine stage: the template brain must lie inside the subject's
 #: head, and the T1w intensities of the two brains must rank alike. Measured: simulated heads
 #: 0.68-0.75, real skull-stripped patients (open_ms_data) 0.49-0.50; the simulated head with
@@ -217,9 +218,6 @@ def _atropos(
     return res
 
 
-_STRUCT6 = ndi.generate_binary_structure(3, 1)
-
-
 def _hemisphere(atlas_affine: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """Template map of the hemispheres: 1 left (MNI x < 0), 2 right."""
     i = np.arange(shape[0], dtype=np.float64)
@@ -320,12 +318,8 @@ def _assemble(
             like = t & (np.abs(t1w - m_csf) < np.abs(t1w - m_thal))
             to_csf = like & ndi.binary_propagation(now_vent, structure=_STRUCT6,
                                                    mask=now_vent | like)
-            if to_csf.any():
-                idx = ndi.distance_transform_edt(~now_vent, sampling=vs, return_distances=False,
-                                                 return_indices=True)
-                lab[to_csf] = lab[tuple(i[to_csf] for i in idx)]
-                now_vent |= to_csf
-                del idx
+            lab[to_csf] = nearest_vent[to_csf]
+            now_vent |= to_csf
     # unlabelled brain and the cortical ribbon: tissue class decides
     free = brain & ((lab == 0) | np.isin(lab, _CORTEX))
     lab[free & (tissue == 2)] = wm_lab[free & (tissue == 2)]
