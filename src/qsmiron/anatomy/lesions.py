@@ -95,8 +95,7 @@ How the defaults were chosen (from principles and the literature, not fitted to 
   edge are left out, as they share their volume with FLAIR-dark CSF; with labels, grey matter
   is the cortical ribbon only, as grey-matter-class voxels inside white matter are lesions;
   normalised convolution with a Gaussian of ``bias_sigma_mm``; modes and windows re-estimated
-  3 times,
-  the first window as wide as the whole class's spread). The receive
+  3 times, the first window as wide as the whole class's spread). The receive
   sensitivity of multi-channel head coils varies over a few cm; of the simulator's field (a
   Gaussian random field of ~12 % RMS and ~30 mm correlation) a 15 mm estimate leaves 30 %
   (3.5 %, half the NAWM SD), 20 mm 44 %, 30-40 mm 65-80 % (measured on draws of that field
