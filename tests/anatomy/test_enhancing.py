@@ -311,6 +311,28 @@ def test_analytic_sphere_and_vessels(snr) -> None:
 
 
 @pytest.mark.parametrize("snr", [100.0, 40.0])
+def test_lesion_split_by_the_t2_mask_counts_once(snr) -> None:
+    """One enhancing lesion of radius 6 mm whose T2 mask came out as two lesions, cut by a
+    one-voxel gap through its middle (a confluent lesion split by the FLAIR segmentation):
+    the enhancement runs continuously across the gap, so it is one enhancing lesion, counted
+    once; its two halves each keep their foci. Truth by construction. Counting each T2
+    lesion gave 2."""
+    pre, post, les, brain, _, _, _ = _head(
+        lesions={1: ((36, 36, 36), 6.0)}, foci=[((36, 36, 36), 6.0, 0.6)], vessels=[],
+        snr=snr,
+    )
+    split = les.copy()
+    split[37:][les[37:] == 1] = 2
+    split[36] = 0
+    assert ndi.label(split > 0, structure=np.ones((3, 3, 3)))[1] == 2
+    res = enhancing_lesions(pre, post, split, brain, 1.0)
+    assert res.enhancing_lesion_ids == (1, 2)
+    assert res.count == 1
+    assert res.diagnostics["joined_lesions"] == [(1, 2)]
+    assert set(res.foci["t2_lesion"]) == {1, 2}
+
+
+@pytest.mark.parametrize("snr", [100.0, 40.0])
 def test_analytic_nodule_inside_large_lesion(snr) -> None:
     """A 2.5 mm enhancing nodule inside an 8 mm T2 lesion (3 % of it) is counted on interior
     evidence; a 1.5 mm vessel crossing another 8 mm lesion is not."""
