@@ -168,8 +168,9 @@ Validation (tests/anatomy/test_lesions.py)
   ventral diencephalon were missed. Now patient07 Dice 0.39 -> 0.41 (partial-volume volume
   +34 -> +27 %), patient26 0.756 -> 0.758; nine simulated 2 mm subjects within 0.01 of Dice
   and 2 % of volume (in the 95-subject demo cohort 4 lesion volumes moved, by at most 3
-  points: sub-006 +91 -> +88 %). With 2 mm slices patient07 reads 0.15-0.17 / -13 to +1 % (was +6 to
-  +53 %); at 2 mm isotropic 0.57 / +95 % and 0.25 / +23 % (were +119 % and +79 %).
+  points: sub-006 +91 -> +88 %). With 2 mm slices patient07 reads 0.15-0.17 / -13 to +1 %
+  (was +6 to +53 %); at 2 mm isotropic 0.57 / +95 % and 0.25 / +23 % (were +119 % and
+  +79 %).
 * Volume: the automatic mode reports :func:`lesion_partial_volume_ml` (linear mixing of
   lesion and NAWM levels over the mask and its one-voxel rim), the study's measure of load;
   the binary mask's count overstates small lesions at 2 mm by half.
