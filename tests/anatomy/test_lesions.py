@@ -35,7 +35,7 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 
 # Issue criterion: automatic lesion Dice >= 0.6 on each patient, Dice and volume error reported.
 # patient26 (8.2 mL) meets it (Dice 0.75). patient07 (1.3 mL in 37 lesions, most under 30
-# voxels, many under 3 NAWM SDs) does not: Dice 0.49. Even a voxel threshold scored only
+# voxels, many under 3 NAWM SDs) does not: Dice 0.47-0.50. Even a voxel threshold scored only
 # within 3 mm of the true lesions (perfect detection, no false positive anywhere else) reaches
 # at most 0.66 on this patient; the remaining false positives are periventricular caps
 # anterior to the frontal horns (a normal finding) and one on a lateral ventricle's wall.
@@ -48,7 +48,7 @@ PATIENTS = [
         marks=pytest.mark.xfail(
             strict=True,
             raises=AssertionError,
-            reason="open (issue 4): patient07 (1.3 mL, small faint lesions) Dice 0.49 < 0.6",
+            reason="open (issue 4): patient07 (1.3 mL, small faint lesions) Dice 0.47-0.50 < 0.6",
         ),
     ),
     "patient26",
@@ -431,12 +431,12 @@ def test_brainstem_is_judged_against_its_own_tissue() -> None:
 
 
 def test_auto_bias_correction_follows_the_field_n4_finds() -> None:
-    """``bias_correction="auto"`` (default): N4, then the tissue-based "wm-smooth" pass only
-    when the field N4 removed is larger than what N4 finds on an image that is already
-    bias-corrected (RMS of its log above 5%). Truth by construction: the same white matter
-    (SD 3%) with four 6 mm lesions 8 SDs above it, once flat and once under a smooth
-    multiplicative field of 15% RMS (one period over ~170 mm along each axis, like a
-    head coil's receive sensitivity). Both are segmented; the flat one gets no second pass."""
+    """``bias_correction="auto"`` (default): N4 and the tissue-based "wm-smooth" pass only
+    when the field N4 finds is larger than what it finds on images without one (RMS of its
+    log above 5%); a flat FLAIR is used as given. Truth by construction: the same white
+    matter (SD 3%) with four 6 mm lesions 8 SDs above it, once flat and once under a smooth
+    multiplicative field of 15% RMS (one period over ~170 mm along each axis, like a head
+    coil's receive sensitivity). Both are segmented; the flat one is left as it is."""
     rng = np.random.default_rng(8)
     shape = (72, 80, 64)
     brain = np.zeros(shape, bool)
@@ -451,7 +451,7 @@ def test_auto_bias_correction_follows_the_field_n4_finds() -> None:
     log_field = 0.15 * (g - g[brain].mean()) / g[brain].std()
     wm = brain.astype(np.float32)
     for name, img, steps, rms in (
-        ("flat", noisy, "n4", (0.0, 0.05)),
+        ("flat", noisy, "none", (0.0, 0.05)),
         ("biased", noisy * np.exp(log_field).astype(np.float32), "n4+wm-smooth", (0.1, 0.2)),
     ):
         res = segment_lesions(np.where(brain, img, 0.0), brain, (1.0, 1.0, 1.0), wm_prior=wm)
