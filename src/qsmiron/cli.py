@@ -652,7 +652,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except QsmironError as exc:
-        console.print(f"[bold red]error:[/bold red] {exc}", highlight=False)
+        # not wrapped at the console's width: a file name split over two lines cannot be
+        # copied, and the message is grepped in logs
+        console.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/yellow]")
