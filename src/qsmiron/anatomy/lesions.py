@@ -532,8 +532,8 @@ _NOT_CEREBRAL_WM = _DEEP + (7, 46, 8, 47, 17, 53, 18, 54, 3, 42)
 _OWN_REFERENCE = ((16,), (7, 46), (28, 60))
 #: Fewest tissue voxels from which a compartment's own reference is taken.
 _OWN_REFERENCE_MIN_VOXELS = 1000
-# "auto" bias correction: RMS (of the log) of the field N4 removes below which the FLAIR was
-# already bias-corrected, so that no tissue-based pass follows (see segment_lesions)
+#: "auto" bias correction: RMS (of the log) of the field N4 finds at or below which the FLAIR
+#: is flat already (N4's own error on images without a field: 2-4 %) and is used as given.
 _PRECORRECTED_FIELD_RMS = 0.05
 
 
