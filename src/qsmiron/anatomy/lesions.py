@@ -1018,13 +1018,16 @@ def segment_lesions(
     pv, pv_info = lesion_partial_volume_ml(f, mask_c, mode, vs, tissue=brain)
     diag.update(binary_volume_ml=vol, partial_volume_ml=pv, lesion_level=pv_info["level"])
     log.info(
-        "lesions: %d components, %.2f mL (NAWM mode %.4g, SD %.4g, core threshold %.4g, %s)",
+        "lesions: %d components, %.2f mL (NAWM mode %.4g, SD %.4g, core threshold %.4g, %s; "
+        "bias correction %s%s)",
         count,
         vol,
         mode,
         sd,
         core_th,
         diag["reference"],
+        diag["bias_steps"],
+        "" if n4_rms is None else f", N4 field {100 * n4_rms:.1f}% RMS",
     )
     return LesionResult(
         mask=mask,
