@@ -7,6 +7,7 @@ import pytest
 from scipy import ndimage as ndi
 
 from qsmiron.anatomy import register as reg
+from qsmiron.errors import InputError
 from qsmiron.recon.mask import head_mask
 
 
@@ -70,6 +71,8 @@ def test_rigid_registration_recovers_known_motion(head, tmp_path) -> None:
     back = reg.resample(moving, aff, t1.shape, aff, [tx.path])
     inside = ndi.binary_erosion(head_mask(t1, 2.0), iterations=3)
     assert np.corrcoef(back[inside], t1[inside])[0, 1] > 0.95
+    with pytest.raises(InputError, match="sampling_rate"):
+        reg.register_rigid(t1, aff, moving, aff, tmp_path, "bad", sampling_rate=0.0)
 
 
 def test_resample_labels_majority_and_fractions() -> None:

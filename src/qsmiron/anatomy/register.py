@@ -251,6 +251,7 @@ def register_rigid(
     init: str = "identity",
     levels_mm: tuple[float, ...] | None = None,
     iterations: tuple[int, ...] = (200, 100, 50),
+    sampling_rate: float = 0.1,
 ) -> LinearTransform:
     """Rigid registration of ``moving`` onto ``fixed`` by Mattes mutual information.
 
@@ -281,11 +282,20 @@ def register_rigid(
         to T1w, in 1 s instead of 9 s).
     iterations : tuple of int
         Iterations per level (the first ones, when there are fewer levels).
+    sampling_rate : float
+        Fraction of voxels (random) on which the metric is evaluated: 0.1 is 80,000 points on
+        a head at 2 mm, plenty for a 32-bin joint histogram of 6 parameters, and half the
+        time of ANTs' 0.2 (FLAIR, post-gadolinium T1w and GRE magnitude to T1w after rigid
+        motions of 3-15 degrees and 3-9 mm: 0.02-0.03 mm and 0.02 degrees from the truth
+        with either on simulated heads; 0.18-0.36 mm against 0.16-0.29 mm from the two real
+        patients' published alignment).
 
     Returns
     -------
     LinearTransform
     """
+    if not 0.0 < sampling_rate <= 1.0:
+        raise InputError(f"sampling_rate must be in (0, 1], got {sampling_rate}")
     ants = _ants()
     work = Path(workdir)
     work.mkdir(parents=True, exist_ok=True)
@@ -305,6 +315,7 @@ def register_rigid(
         outprefix=str(work / f"{name}_"), aff_metric="mattes",
         aff_iterations=iterations, aff_shrink_factors=shrink_factors,
         aff_smoothing_sigmas=tuple(max(s - 1, 0) for s in shrink_factors),
+        aff_random_sampling_rate=sampling_rate,
     )
     path = Path(out["fwdtransforms"][-1])
     final = work / f"{name}_0GenericAffine.mat"
