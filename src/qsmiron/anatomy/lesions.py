@@ -184,17 +184,17 @@ Validation (tests/anatomy/test_lesions.py)
   points: sub-006 +91 -> +88 %). With 2 mm slices patient07 reads 0.15-0.17 / -13 to +1 %
   (was +6 to +53 %); at 2 mm isotropic 0.57 / +95 % and 0.25 / +23 % (were +119 % and
   +79 %).
-* Bias correction "auto" (2026-11): N4 and the tissue-based field only when N4 finds more than 5
-  % RMS (module notes above). The real patients' FLAIRs were N4-corrected by their redistributor
-  (N4 finds 1.8-1.9 % again at 4 mm, 2.5 % at 6 mm), so they are now used as given: patient07
-  Dice 0.41 -> 0.50 (0.47-0.50 between runs of the T1w segmentation; partial-volume volume +27
-  -> -17 %), patient26 0.758 -> 0.751 (-12 -> -7 %). With slices averaged (patient26,
-  patient07): 1 x 1 x 2 mm 0.72 / -4 to 0 %, 0.17-0.18 / -36 to -42 %; 1 x 1 x 3 mm 0.71 / 0 %,
-  0.17 / -58 %; 1 x 1 x 4 mm 0.67 / -12 %, 0.09 / -53 %; 1 x 1 x 5 mm 0.59 / -31 %, 0.00; 2 mm
-  isotropic 0.66 / +48 %, 0.31 / +59 % (before: 0.57 / +95 %, 0.25 / +23 %). Faint lesions on
-  2-3 mm slices lose volume (the NAWM SD is no longer narrowed by the flattening). Simulated
-  scans with a field keep both passes and are unchanged; the phantom simulated without a field
-  reads Dice 0.99, volume +1 % (0.96, +9 % with both passes).
+* Bias correction "auto" (2026-11): N4 and the tissue-based field only when N4 finds more than
+  5 % RMS (module notes above). The real patients' FLAIRs were N4-corrected by their
+  redistributor (N4 finds 1.8-1.9 % again at 4 mm, 2.5 % at 6 mm), so they are now used as
+  given: patient07 Dice 0.41 -> 0.50 (0.47-0.50 between runs of the T1w segmentation;
+  partial-volume volume +27 -> -17 %), patient26 0.758 -> 0.751 (-12 -> -7 %). With slices
+  averaged (patient26, patient07): 1 x 1 x 2 mm 0.72 / -4 to 0 %, 0.17-0.18 / -36 to -42 %;
+  1 x 1 x 3 mm 0.71 / 0 %, 0.17 / -58 %; 1 x 1 x 4 mm 0.67 / -12 %, 0.09 / -53 %; 1 x 1 x 5 mm
+  0.59 / -31 %, 0.00; 2 mm isotropic 0.66 / +48 %, 0.31 / +59 % (before: 0.57 / +95 %, 0.25 /
+  +23 %). Faint lesions on 2-3 mm slices lose volume (the NAWM SD is no longer narrowed by the
+  flattening). Simulated scans with a field keep both passes and are unchanged; the phantom
+  simulated without a field reads Dice 0.99, volume +1 % (0.96, +9 % with both passes).
 * N4 fitted at 6 mm (2026-11; was ANTs' shrink factor 4: 4 mm at 1 mm, 8 mm at 2 mm): the
   same "auto" decisions on all data above; ten simulated 2 mm scans Dice within 0.015; the
   biased 1 mm phantom 0.951 -> 0.967; the 2 mm demo cohort's sub-006 +88 -> -4 % (its two false
