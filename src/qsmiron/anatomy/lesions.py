@@ -437,14 +437,11 @@ _N4_RESOLUTION_MM = 6.0
 
 
 def _n4(img: np.ndarray, mask: np.ndarray, vs: np.ndarray) -> np.ndarray:
-    from qsmiron.anatomy.register import _ants
+    """N4 of the FLAIR (:func:`qsmiron.anatomy.register.n4`) with ANTs' default schedule."""
+    from qsmiron.anatomy.register import n4
 
-    ants = _ants()
-    a = ants.from_numpy(img.astype(np.float32), spacing=tuple(float(v) for v in vs))
-    m = ants.from_numpy(mask.astype(np.float32), spacing=tuple(float(v) for v in vs))
-    shrink = max(1, int(round(_N4_RESOLUTION_MM / float(np.min(vs)))))
-    out = ants.n4_bias_field_correction(a, mask=m, shrink_factor=shrink)
-    return out.numpy().astype(np.float32)
+    return n4(img, np.diag([*(float(v) for v in vs), 1.0]), mask, _N4_RESOLUTION_MM,
+              convergence=None)
 
 
 def _component_median(labels: np.ndarray, n: int, values: np.ndarray) -> np.ndarray:
