@@ -15,6 +15,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from scipy import ndimage as ndi
 
 from qsmiron.anatomy.pipeline import AnatomyInputs, Image, run_anatomy
 from qsmiron.cli import main
@@ -282,7 +283,8 @@ def test_thick_slice_flair_is_flagged(study, tmp_path) -> None:
 
 
 def test_seeded_lesions_with_freesurfer(study, tmp_path) -> None:
-    """The study's semi-automatic mode: one seed per true lesion (scanner mm) grows it.
+    """The study's semi-automatic mode: one seed per true lesion (scanner mm) grows it; a
+    seed in normal white matter grows nothing and is flagged.
 
     A FreeSurfer-style segmentation stands in for the built-in one (no template registration);
     the FLAIR is registered to the T1w and the lesions grown on it.
@@ -293,23 +295,25 @@ def test_seeded_lesions_with_freesurfer(study, tmp_path) -> None:
     inst, aff, _ = load_nifti(study["truth"] / f"sub-{SUB}_desc-lesions_mask.nii.gz",
                               dtype=None)
     inst = inst.astype(int)
-    rows = ["x\ty\tz"]
-    for i in range(1, inst.max() + 1):
-        les = inst == i
-        if not les.any():
-            continue
-        from scipy import ndimage as ndi
 
-        depth = ndi.distance_transform_edt(np.pad(les, 1))[1:-1, 1:-1, 1:-1]
-        v = np.array(np.unravel_index(int(np.argmax(depth)), les.shape), float)
+    def row(mask: np.ndarray) -> str:
+        """The deepest voxel of ``mask`` in scanner mm (where a rater clicks)."""
+        depth = ndi.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1, 1:-1]
+        v = np.array(np.unravel_index(int(np.argmax(depth)), mask.shape), float)
         x, y, z = aff[:3, :3] @ v + aff[:3, 3]
-        rows.append(f"{x:.2f}\t{y:.2f}\t{z:.2f}")
+        return f"{x:.2f}\t{y:.2f}\t{z:.2f}"
+
+    rows = ["x\ty\tz"] + [row(inst == i) for i in range(1, inst.max() + 1) if (inst == i).any()]
+    # one more seed deep in normal white matter, 10 mm from any lesion: nothing to grow there
+    dseg = _img(study["truth"] / f"sub-{SUB}_dseg.nii.gz")
+    far = ndi.distance_transform_edt(inst == 0, sampling=np.linalg.norm(aff[:3, :3], axis=0))
     seeds = tmp_path / "seeds.tsv"
-    seeds.write_text("\n".join(rows) + "\n")
+    seeds.write_text("\n".join([*rows, row((dseg == T.CEREBRAL_WM) & (far > 10.0))]) + "\n")
     inp = load_anatomy_inputs(study["bids"], study["deriv"], SUB, lesion_seeds=seeds)
     inp.freesurfer = read_freesurfer_subject(_fs_subject(study, tmp_path))
     res = run_anatomy(inp, tmp_path / "work")
     assert res.sources["lesions"] == f"seeded:{seeds}"
+    assert "lesion_seeds_too_faint" in res.flags  # the white-matter seed, not grown
     assert "flair_thick_slices" not in res.flags  # 2 mm
     truth = _truth(study)
     assert res.measures["lesion_count"] == truth["lesion_count"] == len(rows) - 1

@@ -1,6 +1,7 @@
 """qsmiron.anatomy."""
 
 from qsmiron.anatomy.lesions import (
+    GrownLesions,
     LesionResult,
     grow_lesions,
     label_lesions,
@@ -12,6 +13,7 @@ from qsmiron.anatomy.thickness import ThicknessResult, cortical_thickness
 from qsmiron.anatomy.veins import exclude_veins, vein_mask
 
 __all__ = [
+    "GrownLesions",
     "LesionResult",
     "grow_lesions",
     "label_lesions",

@@ -555,9 +555,12 @@ def run_anatomy(
             if inp.lesion_seeds is not None:
                 seeds = _world_to_voxel(inp.lesion_seeds, fl, inp.lesion_seeds_path)
                 grown = grow_lesions(fl.data, seeds, brain_f, fl.voxel_size)
-                lesions_img = Image(grown, fl.affine, fl.path)
+                lesions_img = Image(grown.mask, fl.affine, fl.path)
                 sources["lesions"] = f"seeded:{inp.lesion_seeds_path}"
-                info["lesions"] = {"seeds": int(len(seeds))}
+                info["lesions"] = {"seeds": int(len(seeds)), "seeds_grown": grown.grown,
+                                   "seeds_too_faint": grown.faint}
+                if grown.faint:
+                    flags.append("lesion_seeds_too_faint")
             else:
                 res = segment_lesions(fl.data, brain_f, fl.voxel_size, t1w=to_flair(t1_ref),
                                       **kw)

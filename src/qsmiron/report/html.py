@@ -91,6 +91,8 @@ QC_FLAG_HELP: dict[str, str] = {
     "thalamus_mask_not_lateralised": "the thalamus mask is not split into left and right",
     "enhancing_without_t2_lesions": "enhancing foci but no T2 lesion",
     "flair_thick_slices": "FLAIR slices thicker than 3 mm: small T2 lesions are missed",
+    "lesion_seeds_too_faint": "some lesion seeds lie within 2 local SDs of their surroundings: "
+    "not grown",
 }
 
 _LABEL_RE = re.compile(r"^[A-Za-z0-9]+$")
