@@ -308,7 +308,8 @@ def test_seeded_lesions_with_freesurfer(study, tmp_path) -> None:
     dseg = _img(study["truth"] / f"sub-{SUB}_dseg.nii.gz")
     far = ndi.distance_transform_edt(inst == 0, sampling=np.linalg.norm(aff[:3, :3], axis=0))
     seeds = tmp_path / "seeds.tsv"
-    seeds.write_text("\n".join([*rows, row((dseg == T.CEREBRAL_WM) & (far > 10.0))]) + "\n")
+    wm_seed = row((dseg == T.CEREBRAL_WM) & (far > 10.0))
+    seeds.write_text("\n".join([*rows, wm_seed]) + "\n")
     inp = load_anatomy_inputs(study["bids"], study["deriv"], SUB, lesion_seeds=seeds)
     inp.freesurfer = read_freesurfer_subject(_fs_subject(study, tmp_path))
     res = run_anatomy(inp, tmp_path / "work")
@@ -328,3 +329,9 @@ def test_seeded_lesions_with_freesurfer(study, tmp_path) -> None:
         run_anatomy(load_anatomy_inputs(study["bids"], study["deriv"], SUB, lesion_seeds=bad,
                                         freesurfer=_fs_subject(study, tmp_path / "b")),
                     tmp_path / "work2")
+    bad.write_text(f"x\ty\tz\n{wm_seed}\n")  # nothing to grow at any seed: named file
+    with pytest.raises(InputError, match="none of the 1 lesion seeds") as err:
+        run_anatomy(load_anatomy_inputs(study["bids"], study["deriv"], SUB, lesion_seeds=bad,
+                                        freesurfer=_fs_subject(study, tmp_path / "c")),
+                    tmp_path / "work4")
+    assert err.value.path == bad

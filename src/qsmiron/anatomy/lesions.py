@@ -361,8 +361,15 @@ def _peak_stats(values: np.ndarray, bins: int = 200) -> tuple[float, float]:
     centres = 0.5 * (edges[1:] + edges[:-1])
     mode = float(centres[int(np.argmax(hist))])
     below = values[values < mode]
-    sigma = MAD_TO_SD * float(np.median(mode - below)) if below.size >= 50 else mad
+    sigma = _lower_half_sd(values, mode) if below.size >= 50 else mad
     return mode, max(sigma, float(edges[1] - edges[0]))
+
+
+def _lower_half_sd(values: np.ndarray, centre: float) -> float:
+    """``1.4826 * median(centre - x)`` over the values below ``centre`` (0 if none): the SD of
+    a Gaussian's lower half, blind to an upper tail of lesions, vessels and grey matter."""
+    below = values[values < centre]
+    return MAD_TO_SD * float(np.median(centre - below)) if below.size else 0.0
 
 
 def _bias_field(img: np.ndarray, weight: np.ndarray, vs: np.ndarray, sigma_mm: float) -> np.ndarray:
@@ -1160,14 +1167,6 @@ class GrownLesions:
         return sum(1 for s in self.seeds if s["status"] == "faint")
 
 
-def _local_background(values: np.ndarray) -> tuple[float, float]:
-    """Median and lower-half robust SD (``1.4826 * median(median - x)``, x below it)."""
-    bg = float(np.median(values))
-    below = values[values < bg]
-    sd = MAD_TO_SD * float(np.median(bg - below)) if below.size else 0.0
-    return bg, sd
-
-
 def grow_lesions(
     flair: np.ndarray,
     seeds_vox: Any,
@@ -1198,8 +1197,8 @@ def grow_lesions(
        local SDs above the background. Half-maximum alone is the edge of a blurred bright
        object, but for a faint lesion it falls to the level of normal texture and grey
        matter, and the lesion flooded the white matter: the real MS patients of the tests,
-       seeded at the centre of each consensus lesion, read 33 to 327 times their lesion
-       volume that way. A core that still reaches the faces of the 6 cm growth box has
+       seeded at the centre of each consensus lesion, read 38 and 328 times their
+       lesion volume that way. A core that still reaches the faces of the 6 cm growth box has
        leaked; its threshold rises by half a local SD until it does not.
     4. Rim: the core grows by at most ``edge_growth_mm`` (in mm along every axis) into voxels
        above both the half-maximum and ``k_edge`` local SDs, as the automatic rim does.
@@ -1298,7 +1297,8 @@ def grow_lesions(
             vals = fb[bbox][np.isfinite(fb[bbox]) & ~exclude[bbox]]
             if core is not None and vals.size < 100:
                 break  # the lesion fills its neighbourhood: keep the first pass
-            bg, sd = _local_background(vals)
+            bg = float(np.median(vals))
+            sd = _lower_half_sd(vals, bg)
             if not sd > 0 or not seed_val > bg + k_edge * sd:
                 core = None
                 break

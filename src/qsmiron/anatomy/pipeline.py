@@ -554,7 +554,10 @@ def run_anatomy(
                                          "genericLabel").astype(np.int16)}
             if inp.lesion_seeds is not None:
                 seeds = _world_to_voxel(inp.lesion_seeds, fl, inp.lesion_seeds_path)
-                grown = grow_lesions(fl.data, seeds, brain_f, fl.voxel_size)
+                try:
+                    grown = grow_lesions(fl.data, seeds, brain_f, fl.voxel_size)
+                except InputError as e:  # name the seeds file (the FLAIR's voxels in e)
+                    raise InputError(e.message, inp.lesion_seeds_path) from e
                 lesions_img = Image(grown.mask, fl.affine, fl.path)
                 sources["lesions"] = f"seeded:{inp.lesion_seeds_path}"
                 info["lesions"] = {"seeds": int(len(seeds)), "seeds_grown": grown.grown,
