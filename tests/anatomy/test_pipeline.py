@@ -222,6 +222,50 @@ def test_empty_user_mask_is_a_clear_error(study, tmp_path) -> None:
     assert "empty_thalamus.nii.gz" in str(exc.value)
 
 
+def test_label_map_given_as_a_mask_is_a_clear_error(study, tmp_path) -> None:
+    """A label map (here the simulator's) given as the CSF reference: an error naming the file,
+    not the whole labelled volume silently taken as the ROI."""
+    from qsmiron.anatomy.freesurfer import read_freesurfer_subject
+
+    labels, aff, _ = load_nifti(study["truth"] / f"sub-{SUB}_dseg.nii.gz", dtype=None)
+    thal = np.where(labels == 13, 10, np.where(labels == 14, 49, 0)).astype(np.int16)
+    inp = _qsm_inputs(study, freesurfer=read_freesurfer_subject(_fs_subject(study, tmp_path)),
+                      thalamus_mask=Image(thal, aff, tmp_path / "thal.nii.gz"),
+                      csf_ref_mask=Image(labels, aff, tmp_path / "seg_as_csf.nii.gz"))
+    with pytest.raises(InputError, match="not a mask") as exc:
+        run_anatomy(inp, tmp_path / "work")
+    assert exc.value.path is not None and "seg_as_csf.nii.gz" in str(exc.value.path)
+
+
+def test_user_mask_values() -> None:
+    """0/1, 0/255 and probability masks on and off the grid; more than one label refused."""
+    from qsmiron.anatomy.pipeline import _user_mask_on
+
+    aff = np.diag([2.0, 2.0, 2.0, 1.0])
+    grid = Image(np.zeros((12, 12, 12), np.float32), aff, Path("grid.nii.gz"))
+    box = np.zeros((12, 12, 12), bool)
+    box[3:9, 3:9, 3:9] = True
+    for scale in (1, 255):  # binary, and binary as an image editor writes it
+        m = Image((box * scale).astype(np.uint8), aff, Path("m.nii.gz"))
+        assert np.array_equal(_user_mask_on(grid, m, "lesion mask"), box)
+    # a probability (partial-volume) mask: set where at least half, on and off the grid
+    prob = np.where(box, 0.8, 0.0).astype(np.float32)
+    prob[5, 5, 5] = 0.3
+    expected = box.copy()
+    expected[5, 5, 5] = False
+    assert np.array_equal(_user_mask_on(grid, Image(prob, aff, Path("p.nii.gz")), "mask"),
+                          expected)
+    shifted = aff.copy()
+    shifted[:3, 3] = 2.0  # one voxel along every axis: the same mask, one voxel further
+    got = _user_mask_on(grid, Image(box.astype(np.uint8), shifted, Path("s.nii.gz")), "mask")
+    assert np.array_equal(got, np.roll(box, 1, axis=(0, 1, 2)))
+    two = (box * 1).astype(np.int16)
+    two[3:6] *= 2  # labels 1 and 2
+    with pytest.raises(InputError, match="2 different nonzero values") as exc:
+        _user_mask_on(grid, Image(two, aff, Path("labels.nii.gz")), "vein mask")
+    assert str(exc.value.path) == "labels.nii.gz"
+
+
 def test_missing_qsm_says_run_recon(study, tmp_path, capsys) -> None:
     rc = main(["anatomy", str(study["bids"]), "--subject", SUB, "--out", str(tmp_path)])
     assert rc == 2

@@ -277,16 +277,47 @@ def _same_grid(a: Image, b: Image) -> bool:
     return a.shape == b.shape and np.allclose(a.affine, b.affine, atol=1e-3)
 
 
+def _mask_fraction(user: Image, name: str) -> np.ndarray:
+    """A user's mask as a 0-1 fraction: a binary or probability mask, or one nonzero value.
+
+    Values within [0, 1] are read as they are (binary or partial-volume); a mask with a single
+    nonzero value (0/255 from an image editor, a label written alone) is that value's voxels;
+    anything else is a label map or an intensity image given in the wrong place (the whole
+    nonzero volume would silently become the ROI), an error naming the file.
+    """
+    data = np.asarray(user.data)
+    lo, hi = float(data.min()), float(data.max())
+    if lo >= 0.0 and hi <= 1.0:
+        return data.astype(np.float32, copy=False)
+    values = np.unique(data)
+    nonzero = values[values != 0]
+    if lo >= 0.0 and nonzero.size == 1:
+        return (data != 0).astype(np.float32)
+    shown = ", ".join(f"{v:g}" for v in nonzero[:6]) + (", ..." if nonzero.size > 6 else "")
+    raise InputError(
+        f"the {name} is not a mask: it holds {nonzero.size} different nonzero values "
+        f"({shown}; range {lo:g} to {hi:g}). Give a binary (0/1) or probability (0-1) mask; "
+        "from a label map, write out the one label you mean (e.g. label 99, lesions, of "
+        "SAMSEG's seg.mgz)",
+        user.path,
+    )
+
+
 def _user_mask_on(grid: Image, user: Image, name: str, labels: bool = False) -> np.ndarray:
-    """A user's mask (or label map) on ``grid``, through world coordinates if needed."""
+    """A user's mask (or label map) on ``grid``, through world coordinates if needed.
+
+    A mask (``labels=False``) is read by :func:`_mask_fraction` and set where its fraction
+    on ``grid`` is at least one half.
+    """
     _check_image(user, name)
+    data = user.data if labels else _mask_fraction(user, name)
     if _same_grid(grid, user):
-        out = user.data
+        out = data
     else:
-        out = reg.resample(user.data, user.affine, grid.shape, grid.affine, [],
+        out = reg.resample(data, user.affine, grid.shape, grid.affine, [],
                            interpolation="genericLabel" if labels else "linear")
-        if not labels:
-            out = out >= 0.5
+    if not labels:
+        out = out >= 0.5
     if not np.any(out):
         raise InputError(f"the {name} is empty on the target grid (no voxel set, or it does "
                          "not overlap the image it belongs to)", user.path)
