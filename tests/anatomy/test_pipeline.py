@@ -255,6 +255,9 @@ def test_user_mask_values() -> None:
     expected[5, 5, 5] = False
     assert np.array_equal(_user_mask_on(grid, Image(prob, aff, Path("p.nii.gz")), "mask"),
                           expected)
+    ringing = prob + np.float32(0.03) * np.cos(np.arange(12, dtype=np.float32))  # overshoot
+    assert np.array_equal(_user_mask_on(grid, Image(ringing, aff, Path("r.nii.gz")), "mask"),
+                          expected)
     shifted = aff.copy()
     shifted[:3, 3] = 2.0  # one voxel along every axis: the same mask, one voxel further
     got = _user_mask_on(grid, Image(box.astype(np.uint8), shifted, Path("s.nii.gz")), "mask")

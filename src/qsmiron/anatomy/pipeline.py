@@ -277,18 +277,23 @@ def _same_grid(a: Image, b: Image) -> bool:
     return a.shape == b.shape and np.allclose(a.affine, b.affine, atol=1e-3)
 
 
+#: Overshoot beyond [0, 1] of a probability mask resampled with a spline or sinc kernel.
+_MASK_OVERSHOOT = 0.05
+
+
 def _mask_fraction(user: Image, name: str) -> np.ndarray:
     """A user's mask as a 0-1 fraction: a binary or probability mask, or one nonzero value.
 
-    Values within [0, 1] are read as they are (binary or partial-volume); a mask with a single
+    Values within [0, 1] are read as they are (binary or partial-volume; the few percent of
+    overshoot that a spline or sinc resampling leaves are clipped); a mask with a single
     nonzero value (0/255 from an image editor, a label written alone) is that value's voxels;
     anything else is a label map or an intensity image given in the wrong place (the whole
     nonzero volume would silently become the ROI), an error naming the file.
     """
     data = np.asarray(user.data)
     lo, hi = float(data.min()), float(data.max())
-    if lo >= 0.0 and hi <= 1.0:
-        return data.astype(np.float32, copy=False)
+    if lo >= -_MASK_OVERSHOOT and hi <= 1.0 + _MASK_OVERSHOOT:
+        return np.clip(data, 0.0, 1.0).astype(np.float32, copy=False)
     values = np.unique(data)
     nonzero = values[values != 0]
     if lo >= 0.0 and nonzero.size == 1:
