@@ -57,8 +57,9 @@ def test_outputs_are_bids_derivatives(study) -> None:
                  "from-MNI152NLin2009cSym_to-T1w_mode-image_desc-warp_xfm.nii.gz",
                  "desc-anatomy_measures.json"):
         assert (anat / f"sub-{SUB}_{name}").is_file(), name
-    png = anat.parent / "figures" / f"sub-{SUB}_desc-anatomy_qc.png"
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for fig in ("anatomy", "lesions"):  # the panel, and every lesion on the FLAIR
+        png = anat.parent / "figures" / f"sub-{SUB}_desc-{fig}_qc.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", fig
     table = (anat / f"sub-{SUB}_space-qsm_dseg.tsv").read_text().splitlines()
     assert table[0] == "index\tname\tabbreviation"
     names = {row.split("\t")[0]: row.split("\t")[1] for row in table[1:]}

@@ -12,6 +12,8 @@ from qsmiron.report.figures import (
     COLOURS,
     FIGSIZE_INCHES,
     anatomy_qc_panel,
+    lesion_mosaic,
+    lesion_slices,
     slice_with_most,
     top_slices,
 )
@@ -228,3 +230,56 @@ def test_bad_input_is_named(tmp_path, subject):
     with pytest.raises(InputError, match="chi_window_ppm"):
         call(chi_window_ppm=(0.1, -0.1))
     assert not out.exists()
+
+
+# ------------------------------------------------------------------------------------------
+# lesion mosaic
+# ------------------------------------------------------------------------------------------
+def _blob(shape, lo, hi) -> np.ndarray:
+    m = np.zeros(shape, bool)
+    m[tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))] = True
+    return m
+
+
+def test_lesion_slices_cover_every_lesion_with_the_fewest_slices():
+    """Six lesions whose z-ranges are known: two slices cross all of them (z 5 crosses the
+    three of 3-6, 4-8, 5-9; z 14 the three of 12-15, 14-16, 14), and no single slice does."""
+    shape = (40, 40, 20)
+    ranges = [(3, 7), (4, 9), (5, 10), (12, 16), (14, 17), (14, 15)]
+    mask = np.zeros(shape, bool)
+    for k, (z0, z1) in enumerate(ranges):  # apart in-plane: six 26-connected components
+        x = 2 + 6 * k
+        mask |= _blob(shape, (x, 5, z0), (x + 3, 9, z1))
+    zs, shown = lesion_slices(mask)
+    assert shown == 6 and len(zs) == 2
+    assert 5 <= zs[0] <= 6 and zs[1] == 14
+    for z0, z1 in ranges:  # each lesion crossed by a chosen slice
+        assert any(z0 <= z < z1 for z in zs)
+    # fewer slices allowed than needed: the best one, and the count it shows
+    zs1, shown1 = lesion_slices(mask, max_slices=1)
+    assert len(zs1) == 1 and shown1 == 3
+    assert lesion_slices(np.zeros(shape, bool)) == ([], 0)
+    with pytest.raises(InputError):
+        lesion_slices(mask, max_slices=0)
+
+
+def test_lesion_mosaic_draws_every_lesion(tmp_path, subject):
+    """The subject's three lesions lie on two levels (z 24 twice, z 10): two panels, the
+    lesions' red outlines in both rows of pixels; without lesions, twelve plain slices."""
+    png = lesion_mosaic(tmp_path / "m.png", subject["flair"], subject["lesions"], VS,
+                        title="sub-01", dpi=DPI)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    h, w = imread(png).shape[:2]
+    assert w == round(3 * 3.0 * DPI)  # panels of 3 inches, three wide at least
+    red = _pixels(png, COLOURS["lesions"])
+    thirds = [red[:, k * w // 3:(k + 1) * w // 3].sum() for k in range(3)]
+    assert thirds[0] > 20 and thirds[1] > 20 and thirds[2] == 0  # two slices, both outlined
+    again = lesion_mosaic(tmp_path / "m2.png", subject["flair"], subject["lesions"], VS,
+                          title="sub-01", dpi=DPI)
+    assert again.read_bytes() == png.read_bytes()
+    none = lesion_mosaic(tmp_path / "n.png", subject["flair"], np.zeros(SHAPE, bool), VS,
+                         dpi=DPI)
+    assert imread(none).shape[1] == round(6 * 3.0 * DPI)  # two rows of six
+    assert _pixels(none, COLOURS["lesions"]).sum() == 0
+    with pytest.raises(InputError, match="lesions shape"):
+        lesion_mosaic(tmp_path / "x.png", subject["flair"], np.zeros((4, 4, 4), bool), VS)

@@ -85,9 +85,10 @@ def test_report_in_chromium(report, tmp_path) -> None:
         assert rows[t["key"]] == len(t["rows"]) // 2 > 0
     assert "Subjects and QC" in res["headings"] and "Provenance" in res["headings"]
 
-    # subject pages: the QC picture decodes; the failed subject has no image at all
+    # subject pages: the QC picture and the lesion mosaic decode; the failed subject has no
+    # image at all
     page = check_page(report["dir"] / "subjects" / f"sub-{SUB}.html")
-    assert page["broken_images"] == [] and page["n_images"] == 1
+    assert page["broken_images"] == [] and page["n_images"] == 2
     assert page["image_sizes"][0][1:] == [1920, 1080]  # anatomy_qc_panel: 16 x 9 in, 120 dpi
     failed = check_page(report["dir"] / "subjects" / "sub-002.html")
     assert failed["loaded"] and failed["n_images"] == 0 and failed["broken_images"] == []
@@ -131,9 +132,10 @@ def test_report_content_and_self_contained(report) -> None:
             target = (page.parent / link.split("#")[0]).resolve()
             assert target.is_file(), f"{page.name}: {link} missing"
             assert target.is_relative_to(rdir.resolve()), f"{page.name}: {link} outside"
-    # the QC picture is a copy of the anatomy stage's figure
-    fig = report["root"] / f"sub-{SUB}" / "figures" / f"sub-{SUB}_desc-anatomy_qc.png"
-    assert (rdir / "subjects" / fig.name).read_bytes() == fig.read_bytes()
+    # the QC pictures are copies of the anatomy stage's figures
+    for kind in ("anatomy", "lesions"):
+        fig = report["root"] / f"sub-{SUB}" / "figures" / f"sub-{SUB}_desc-{kind}_qc.png"
+        assert (rdir / "subjects" / fig.name).read_bytes() == fig.read_bytes(), kind
     sub_html = (rdir / "subjects" / f"sub-{SUB}.html").read_text(encoding="utf-8")
     sub_text = _texts(sub_html)
     assert 'href="../report.html"' in sub_html

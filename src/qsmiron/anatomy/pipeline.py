@@ -975,7 +975,8 @@ def write_anatomy_derivatives(
     * the transforms, ``from-A_to-B_mode-image[_desc-D]_xfm.mat`` / ``.nii.gz`` (ANTs);
     * ``desc-anatomy_measures.json``: every measure, QC flag, source and parameter;
 
-    and ``sub-X/figures/sub-X_desc-anatomy_qc.png``.
+    and ``sub-X/figures/sub-X_desc-anatomy_qc.png`` (the anatomy panel) and, with a FLAIR,
+    ``sub-X_desc-lesions_qc.png`` (axial FLAIR slices showing every lesion outlined).
 
     Returns
     -------
@@ -986,7 +987,7 @@ def write_anatomy_derivatives(
 
     from qsmiron.io.bids import bids_name
     from qsmiron.io.nifti import atomic_write_bytes, save_nifti, write_json
-    from qsmiron.report.figures import anatomy_qc_panel
+    from qsmiron.report.figures import anatomy_qc_panel, lesion_mosaic
 
     sub = subject.removeprefix("sub-")
     ses = session.removeprefix("ses-") if session else None
@@ -1057,6 +1058,16 @@ def write_anatomy_derivatives(
     fig = subdir / "figures" / bids_name(sub, "qc", session=ses,
                                          entities={"desc": "anatomy"}, extension=".png")
     out["qc"] = _qc_png(fig, r, inputs, anatomy_qc_panel)
+    if inputs.flair is not None:
+        # every lesion (and every false one) on the FLAIR, for the radiologist's check
+        fl, fvs = _canonical(inputs.flair.data, inputs.flair.affine)
+        les = None
+        if r.lesions is not None and r.lesions.data.shape == inputs.flair.data.shape:
+            les = _canonical(r.lesions.data.astype(bool), inputs.flair.affine)[0]
+        out["lesion_qc"] = lesion_mosaic(
+            fig.with_name(bids_name(sub, "qc", session=ses, entities={"desc": "lesions"},
+                                    extension=".png")),
+            fl, les, tuple(fvs), title=fig.name.split("_desc-")[0])
     return out
 
 

@@ -5,6 +5,8 @@
 (left and right in two colours), the CSF reference ROIs in the atria of the lateral ventricles
 and the excluded veins; row 2 is the FLAIR with the T2 lesions outlined. A side panel lists the
 legend, ROI and lesion volumes and the voxel sizes; QC flags are printed in red under the title.
+:func:`lesion_mosaic` draws a second PNG with every T2 lesion: the fewest axial FLAIR slices that
+cross each lesion once (:func:`lesion_slices`), lesions outlined.
 
 Display conventions (stated on the figure):
 
@@ -47,6 +49,8 @@ __all__ = [
     "COLOURS",
     "FIGSIZE_INCHES",
     "anatomy_qc_panel",
+    "lesion_mosaic",
+    "lesion_slices",
     "slice_with_most",
     "top_slices",
 ]
@@ -76,6 +80,9 @@ _UPSAMPLE = 4  # outline sampling per voxel: contours run along voxel edges
 _ZOOM_MARGIN_MM = 12.0
 _LESION_SLICE_GAP_MM = 10.0
 _N_FLAIR = 3
+_MOSAIC_COLUMNS = 6
+_MOSAIC_MAX_PANELS = 24
+_MOSAIC_EMPTY_PANELS = 12
 
 # orientation of the three views: (normal axis, horizontal axis, vertical axis, letters on the
 # left and right of the image); horizontal axes are always shown with the highest index on the
@@ -188,6 +195,209 @@ def top_slices(mask: np.ndarray, n: int = 3, axis: int = 2, min_gap: int = 1) ->
         if all(abs(int(k) - c) >= min_gap for c in chosen):
             chosen.append(int(k))
     return sorted(chosen)
+
+
+def lesion_slices(mask: np.ndarray, max_slices: int = _MOSAIC_MAX_PANELS,
+                  axis: int = 2) -> tuple[list[int], int]:
+    """The fewest slices that show every lesion at least once (greedy set cover).
+
+    Lesions are the 26-connected components of ``mask`` (as :func:`lesion_count` counts them).
+    Slices are taken one at a time: the slice crossing the most lesions not shown yet (ties:
+    the most voxels of those lesions, then the lower index), until every lesion is shown or
+    ``max_slices`` are taken. Greedy set cover needs at most ln(N) + 1 times the fewest
+    possible slices; for the scattered lesions of MS it is one slice for most lesions and
+    one slice for each cluster.
+
+    Parameters
+    ----------
+    mask : (X, Y, Z) array_like
+        Lesion mask; nonzero voxels are lesion.
+    max_slices : int, optional
+        Most slices returned.
+    axis : int, optional
+        Axis normal to the slices (2: axial for a RAS+ image).
+
+    Returns
+    -------
+    slices : list of int
+        Chosen slice indices in increasing order (empty when the mask is).
+    shown : int
+        Number of lesions crossed by the chosen slices (all of them unless ``max_slices`` ran
+        out).
+
+    Raises
+    ------
+    InputError
+        If the mask is not 3-D, ``axis`` is invalid or ``max_slices`` is below 1.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> m = np.zeros((9, 9, 12), bool)
+    >>> m[1:3, 1:3, 2:5] = True; m[6:8, 6:8, 4:6] = True; m[4, 4, 9] = True
+    >>> lesion_slices(m)
+    ([4, 9], 3)
+    """
+    from scipy import ndimage as ndi
+
+    if max_slices < 1:
+        raise InputError(f"max_slices must be at least 1, found {max_slices}")
+    m = np.asarray(mask) != 0
+    _per_slice_counts(m, axis)  # checks the shape and axis
+    lab, n = ndi.label(m, structure=np.ones((3, 3, 3), bool))
+    if n == 0:
+        return [], 0
+    # voxels of each lesion in each slice: (slices, lesions + 1), column 0 the background
+    moved = np.moveaxis(lab, axis, 0).reshape(lab.shape[axis], -1)
+    per = np.stack([np.bincount(row, minlength=n + 1) for row in moved])[:, 1:]
+    crossed = per > 0
+    left = np.ones(n, bool)
+    chosen: list[int] = []
+    while left.any() and len(chosen) < max_slices:
+        gain = crossed[:, left].sum(axis=1)
+        voxels = per[:, left].sum(axis=1)
+        best = int(np.lexsort((np.arange(gain.size), -voxels, -gain))[0])
+        chosen.append(best)
+        left &= ~crossed[best]
+    return sorted(chosen), int(n - left.sum())
+
+
+def _even_slices(img: np.ndarray, n: int) -> list[int]:
+    """``n`` axial slices evenly through the head (10-90% of its extent)."""
+    zs = np.flatnonzero(np.count_nonzero(_head(img), axis=(0, 1)))
+    z0, z1 = (int(zs[0]), int(zs[-1])) if zs.size else (0, img.shape[2] - 1)
+    return sorted({int(round(z0 + f * (z1 - z0))) for f in np.linspace(0.1, 0.9, n)})
+
+
+def lesion_mosaic(
+    out_png: str | Path,
+    flair: np.ndarray,
+    lesions: np.ndarray | None,
+    voxel_size: float | Sequence[float],
+    *,
+    title: str = "",
+    max_panels: int = _MOSAIC_MAX_PANELS,
+    dpi: int = 100,
+) -> Path:
+    """Write a mosaic of axial FLAIR slices that shows every T2 lesion, outlined.
+
+    The anatomy panel's FLAIR row shows the three slices with the most lesion voxels; a
+    radiologist checking (or correcting) an automatic segmentation needs to see every lesion,
+    and every false one. The slices are those of :func:`lesion_slices` (each lesion crossed at
+    least once, the fewest slices; at most ``max_panels``, and the title says how many lesions
+    they show), in anatomical order, six to a row, each cropped to the head; without lesions,
+    twelve slices evenly through the head. Same conventions as :func:`anatomy_qc_panel`: RAS+
+    voxel axes, radiological view, voxels at their size in mm, outlines along voxel edges.
+
+    Parameters
+    ----------
+    out_png : str or Path
+        Destination PNG; written atomically, parent folders created.
+    flair : (X, Y, Z) array_like
+        FLAIR image in the voxel axes of a RAS+ image.
+    lesions : (X, Y, Z) array_like or None
+        Lesion mask on the FLAIR grid (nonzero is lesion); None: not segmented.
+    voxel_size : float or sequence of 3 floats
+        FLAIR voxel size, mm.
+    title : str, optional
+        Title (the subject id), followed by the lesion count and volume.
+    max_panels : int, optional
+        Most slices drawn.
+    dpi : int, optional
+        Resolution; each panel is 3 x 3 inches.
+
+    Returns
+    -------
+    Path
+        The PNG written.
+
+    Raises
+    ------
+    InputError
+        If an image is not 3-D or the shapes differ, or a voxel size, ``max_panels`` or
+        ``dpi`` is invalid.
+
+    Examples
+    --------
+    >>> import numpy as np, tempfile, pathlib
+    >>> fl = np.zeros((20, 20, 10), np.float32); fl[3:17, 3:17, 1:9] = 1.0
+    >>> les = np.zeros(fl.shape, bool); les[8:10, 8:10, 4:6] = True; fl[les] = 2.0
+    >>> out = pathlib.Path(tempfile.mkdtemp()) / "mosaic.png"
+    >>> lesion_mosaic(out, fl, les, 1.0, dpi=30).exists()
+    True
+    """
+    fl = _image(flair, "flair")
+    fvs = _voxel_size(voxel_size, "voxel_size")
+    les = None if lesions is None else _mask(lesions, "lesions", fl.shape, "FLAIR")
+    if not (isinstance(dpi, (int, np.integer)) and dpi > 0):
+        raise InputError(f"dpi must be a positive integer, found {dpi!r}")
+    if not (isinstance(max_panels, (int, np.integer)) and max_panels >= 1):
+        raise InputError(f"max_panels must be a positive integer, found {max_panels!r}")
+    n_les = 0 if les is None else lesion_count(les, fvs)
+    if n_les:
+        zs, shown = lesion_slices(les, max_panels)
+    else:
+        zs, shown = _even_slices(fl, min(_MOSAIC_EMPTY_PANELS, max_panels)), 0
+    cols = min(_MOSAIC_COLUMNS, max(len(zs), 3))  # three wide at least: room for the title
+    rows = -(-len(zs) // cols)
+    head = _head(fl)
+    box = _bbox(head, np.full(3, 2))
+    pos = fl[head]
+    hi = float(np.percentile(pos, 99.5)) if pos.size else float(fl.max())
+    hi = hi if hi > 0 else 1.0
+    # panel aspect: the head's in-plane extent in mm
+    w_mm = (box[0].stop - box[0].start) * fvs[0]
+    h_mm = (box[1].stop - box[1].start) * fvs[1]
+    panel_w = 3.0
+    panel_h = panel_w * h_mm / max(w_mm, 1e-6) + 0.35
+    fig = Figure(figsize=(panel_w * cols, panel_h * rows + 0.9), dpi=dpi,
+                 facecolor=COLOURS["background"])
+    top = 1.0 - 0.9 / (panel_h * rows + 0.9)
+    gs = fig.add_gridspec(rows, cols, left=0.005, right=0.995, bottom=0.005, top=top,
+                          wspace=0.02, hspace=0.12)
+    lab = None
+    if les is not None and n_les:
+        from scipy import ndimage as ndi
+
+        lab = ndi.label(les, structure=np.ones((3, 3, 3), bool))[0]
+    for k, z in enumerate(zs):
+        ax = fig.add_subplot(gs[k // cols, k % cols])
+        sec = fl[:, :, z]
+        ax.imshow(sec.T, origin="lower", extent=_extent(sec.shape, fvs[0], fvs[1]),
+                  cmap="gray", vmin=0.0, vmax=hi, interpolation="nearest")
+        what = ""
+        if les is not None:
+            _outline(ax, les[:, :, z], fvs[0], fvs[1], COLOURS["lesions"], lw=1.2)
+            if lab is not None:
+                k_les = int(np.count_nonzero(np.unique(lab[:, :, z])))
+                what = f", {k_les} lesion{'s' if k_les != 1 else ''}"
+        _crop_limits(ax, box, "axial", fvs)
+        _bare(ax)
+        if k == 0:
+            _letters(ax, _VIEWS["axial"][3])
+        ax.set_title(f"z={z}{what}", color=COLOURS["text"], fontsize=10, pad=2)
+    if les is None:
+        summary = "lesions not segmented"
+    elif n_les == 0:
+        summary = "no T2 lesions: FLAIR evenly through the head"
+    else:
+        vol = lesion_volume_ml(les, fvs)
+        n_z = f"{len(zs)} axial slice{'s' if len(zs) != 1 else ''}"
+        summary = (f"{n_les} T2 lesion{'s' if n_les != 1 else ''} (26-connected), mask "
+                   f"{vol:.2f} mL: "
+                   + (("the lesion" if n_les == 1 else "every lesion") + f" in {n_z}"
+                      if shown == n_les else f"{shown} of {n_les} lesions in the {n_z} drawn"))
+    fig.text(0.005, 1.0 - 0.1 / (panel_h * rows + 0.9), f"{title}   {summary}".strip(),
+             ha="left", va="top", color=COLOURS["text"], fontsize=14, fontweight="bold")
+    fig.text(0.995, 1.0 - 0.5 / (panel_h * rows + 0.9),
+             "FLAIR, lesions outlined in red; radiological convention: R = patient's right "
+             "(image left), anterior up", ha="right", va="top", color="#B0B0B0", fontsize=10)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, facecolor=fig.get_facecolor(),
+                metadata={"Software": None})
+    path = atomic_write_bytes(out_png, buf.getvalue())
+    log.info("lesion mosaic written to %s (%d slices, %d lesions)", path, len(zs), n_les)
+    return path
 
 
 # --------------------------------------------------------------------------------------------

@@ -421,6 +421,9 @@ def _subject_page(
     figure = None
     if fig_src.is_file():
         figure = _copy_into(fig_src, subjects_dir / fig_src.name).name
+    mosaic_src = folder / "figures" / f"{stem}_desc-lesions_qc.png"
+    mosaic = (_copy_into(mosaic_src, subjects_dir / mosaic_src.name).name
+              if mosaic_src.is_file() else None)
     values: dict[str, Any] = {}
     if anat:
         values.update({k: v for k, v in anat.items() if not isinstance(v, Mapping)})
@@ -445,6 +448,7 @@ def _subject_page(
         stage=_text(row.get("stage")),
         flags=[{"name": f, "help": _flag_help(f)} for f in flags],
         figure=figure,
+        lesion_mosaic=mosaic,
         figure_expected=str(fig_src.relative_to(deriv_root)),
         groups=_measure_rows(values),
         sources=sources,
