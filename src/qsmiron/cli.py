@@ -263,10 +263,17 @@ def _anatomy(args: argparse.Namespace) -> int:
         f"  thalamus {m['thalamus_volume_ml']:.2f} mL, chi relative to CSF "
         f"{m['rel_chi_ppb']:+.1f} ppb (thalamus - CSF), veins excluded "
         f"{100 * m['vein_fraction_excluded']:.1f}%\n"
-        f"  T2 lesions {m['t2_lesion_volume_ml']:.2f} mL ({m['lesion_count']}), enhancing "
+        f"  T2 lesions {m['t2_lesion_volume_ml']:.2f} mL ({m['lesion_count']}"
+        + ("" if not isinstance(m.get("lesion_count_periventricular"), int) else
+           f": {m['lesion_count_periventricular']} periventricular, "
+           f"{m['lesion_count_juxtacortical']} juxtacortical, "
+           f"{m['lesion_count_infratentorial']} infratentorial")
+        + "), enhancing "
         f"{m['enhancing_lesion_count']}, grey matter {m['total_gm_volume_ml']:.0f} mL\n"
         f"  QC flags: {', '.join(result.flags) or 'none'}\n"
-        f"  QC picture: {paths['qc']}", highlight=False)
+        f"  QC picture: {paths['qc']}"
+        + (f"\n  every lesion: {paths['lesion_qc']}" if "lesion_qc" in paths else ""),
+        highlight=False)
     print(paths["measures"])
     return 0
 

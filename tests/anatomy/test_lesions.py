@@ -533,3 +533,55 @@ def test_auto_bias_correction_follows_the_field_n4_finds() -> None:
     assert segment_lesions(np.where(brain, noisy, 0.0), brain, (1.0, 1.0, 1.0), wm_prior=wm,
                            bias_correction="n4+wm-smooth").diagnostics["bias_steps"] \
         == "n4+wm-smooth"
+
+
+def test_lesion_table_locations() -> None:
+    """Lesions placed on a constructed aseg-style anatomy, each location known by construction
+    (1 x 1 x 2 mm voxels: the contact distance is in mm, not voxels)."""
+    from qsmiron.anatomy.lesions import LESION_LOCATIONS, lesion_table
+
+    shape = (60, 60, 30)
+    vs = (1.0, 1.0, 2.0)
+    lab = np.zeros(shape, np.int16)
+    lab[5:55, 5:55, 3:27] = 2  # cerebral white matter
+    lab[5:55, 5:55, 25:27] = 3  # cortex on top
+    lab[25:35, 25:35, 10:16] = 4  # a lateral ventricle
+    lab[40:50, 10:20, 3:8] = 16  # brainstem
+    lab[10:18, 40:50, 10:16] = 10  # thalamus
+    mask = np.zeros(shape, bool)
+    boxes = {
+        "periventricular": (slice(35, 38), slice(28, 31), slice(12, 14)),  # touches x = 35
+        "juxtacortical": (slice(10, 13), slice(20, 23), slice(23, 25)),  # touches z = 25
+        "infratentorial": (slice(42, 45), slice(12, 15), slice(4, 6)),
+        "deep_grey_matter": (slice(12, 15), slice(42, 45), slice(12, 14)),
+        "white_matter": (slice(40, 43), slice(40, 43), slice(12, 14)),  # 5 mm from all
+    }
+    for b in boxes.values():
+        mask[b] = True
+    # a sixth lesion 4 mm (two slices) below the ventricle: not periventricular (beyond 2 mm)
+    mask[28:31, 28:31, 8:9] = True
+    aff = np.diag([*vs, 1.0])
+    aff[:3, 3] = (-30.0, -30.0, -30.0)
+    t = lesion_table(mask, vs, aff, labels=lab)
+    assert len(t) == 6 and set(t["location"]) <= set(LESION_LOCATIONS)
+    lab_map, _ = ndi.label(mask, structure=np.ones((3, 3, 3)))
+    for where, b in boxes.items():
+        k = int(lab_map[b].max())
+        row = t.set_index("lesion").loc[k]
+        assert row["location"] == where, (where, row["location"])
+        centre = np.array([(s.start + s.stop - 1) / 2 for s in b]) * vs - 30.0
+        assert np.allclose(row[["centre_x", "centre_y", "centre_z"]].to_numpy(float), centre)
+        assert row["volume_ml"] == pytest.approx(row["voxels"] * 2.0 / 1000.0)
+    below = int(lab_map[29, 29, 8])
+    assert t.set_index("lesion").loc[below, "location"] == "white_matter"
+    # the subject's CSF in the slice between (a ventricle wider than the template's) widens
+    # it: now periventricular
+    csf = np.zeros(shape, np.float32)
+    csf[25:35, 25:35, 9] = 1.0
+    t2 = lesion_table(mask, vs, aff, labels=lab, csf_prior=csf)
+    assert t2.set_index("lesion").loc[below, "location"] == "periventricular"
+    # no labels: locations unknown, the rest measured
+    t0 = lesion_table(mask, vs)
+    assert (t0["location"] == "n/a").all() and t0["voxels"].sum() == mask.sum()
+    with pytest.raises(InputError, match="labels has shape"):
+        lesion_table(mask, vs, labels=lab[:, :, :10])

@@ -68,6 +68,17 @@ def test_outputs_are_bids_derivatives(study) -> None:
     m = _measures(study)
     assert m["sign_convention"].startswith("rel_chi_ppb = mean(thalamus) - mean(CSF")
     assert m["Sources"]["segmentation"] == "builtin"
+    # one row per lesion (as counted), each with a location from the propagated atlas, and
+    # the MAGNIMS location counts made from them
+    import pandas as pd
+
+    les = pd.read_csv(anat / f"sub-{SUB}_space-FLAIR_lesions.tsv", sep="\t")
+    assert len(les) == m["lesion_count"] > 0 and (les["location"] != "n/a").all()
+    assert les["volume_ml"].sum() == pytest.approx(m["t2_lesion_mask_volume_ml"])
+    for where in ("periventricular", "juxtacortical", "infratentorial"):
+        assert m[f"lesion_count_{where}"] == int((les["location"] == where).sum())
+    assert json.loads((anat / f"sub-{SUB}_space-FLAIR_lesions.json").read_text())[
+        "location"]["Levels"]["periventricular"]
 
 
 def test_thalamus_dice_and_volume(study) -> None:

@@ -249,6 +249,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from scipy import ndimage as ndi
 from skimage.filters import threshold_multiotsu
 
@@ -266,6 +267,8 @@ __all__ = [
     "lesion_volume_ml",
     "lesion_count",
     "label_lesions",
+    "lesion_table",
+    "LESION_LOCATIONS",
 ]
 
 _STRUCT26 = np.ones((3, 3, 3), dtype=bool)
@@ -1063,6 +1066,130 @@ def segment_lesions(
         threshold=float(core_th),
         diagnostics=diag,
     )
+
+
+#: Lesion locations of :func:`lesion_table`, in the order a lesion is given the first that
+#: applies (MAGNIMS 2016; McDonald 2017: infratentorial, periventricular,
+#: cortical/juxtacortical), then deep grey matter and the remaining white matter.
+LESION_LOCATIONS = ("infratentorial", "periventricular", "juxtacortical", "deep_grey_matter",
+                    "white_matter")
+_INFRATENTORIAL = (16, 7, 8, 46, 47, 15)  # brainstem, cerebellum, fourth ventricle
+_LATERAL_VENTRICLES = (4, 43, 5, 44)
+_CORTICAL = (3, 42, 17, 53, 18, 54)  # cerebral cortex, hippocampus, amygdala
+_DEEP_GREY = (10, 49, 11, 50, 12, 51, 13, 52, 26, 58, 28, 60)
+_VENTRICLE_CSF_MM = 3.0
+
+
+def lesion_table(
+    mask: np.ndarray,
+    voxel_size: Any,
+    affine: np.ndarray | None = None,
+    labels: np.ndarray | None = None,
+    csf_prior: np.ndarray | None = None,
+    contact_mm: float = 2.0,
+) -> pd.DataFrame:
+    """One row per lesion: volume, centre and location (periventricular, juxtacortical, ...).
+
+    Lesions are the 26-connected components of ``mask``, numbered as :func:`label_lesions`
+    numbers them. With anatomical ``labels`` (aseg numbering, lesion-blind: an atlas propagated
+    by registration, or a FreeSurfer aseg) each lesion gets the first location of
+    :data:`LESION_LOCATIONS` that applies, after the MAGNIMS definitions (Filippi et al. 2016),
+    with ``contact_mm`` for "in contact" (the registration tolerance of propagated labels,
+    as ``cortex_margin_mm`` of :func:`segment_lesions`):
+
+    * ``infratentorial``: at least half of its voxels in the brainstem, cerebellum or fourth
+      ventricle;
+    * ``periventricular``: a voxel within ``contact_mm`` of a lateral ventricle (the label,
+      plus, given ``csf_prior``, the CSF-class voxels within 3 mm of it: an atrophied
+      patient's ventricles are wider than the template's);
+    * ``juxtacortical``: a voxel within ``contact_mm`` of the cerebral cortex, hippocampus or
+      amygdala (cortical and juxtacortical lesions, as McDonald 2017 counts them together);
+    * ``deep_grey_matter``: at least half of its voxels in the thalamus, basal ganglia,
+      accumbens or ventral diencephalon;
+    * ``white_matter``: the rest (deep and subcortical white matter).
+
+    Parameters
+    ----------
+    mask : (X, Y, Z) array_like
+        Lesion mask (nonzero is lesion).
+    voxel_size : sequence of 3 float
+        Voxel size, mm.
+    affine : (4, 4) array, optional
+        Voxel-to-scanner (RAS mm) matrix of the grid: centres in scanner mm (else voxels).
+    labels : (X, Y, Z) int array, optional
+        Lesion-blind anatomical labels on the same grid; without them ``location`` is "n/a".
+    csf_prior : (X, Y, Z) array, optional
+        CSF probability on the same grid (widens the lateral ventricles, see above).
+    contact_mm : float
+        Distance within which a lesion touches a ventricle or the cortex, mm.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``lesion`` (1..N), ``voxels``, ``volume_ml``, ``centre_x``, ``centre_y``,
+        ``centre_z`` (scanner RAS mm with ``affine``, voxel indices without), ``location``.
+
+    Raises
+    ------
+    InputError
+        Shapes differ, or ``contact_mm`` is negative.
+
+    Examples
+    --------
+    >>> m = np.zeros((20, 20, 20), bool); m[2:5, 2:5, 2:5] = True; m[10:12, 10:12, 10] = True
+    >>> lesion_table(m, (1, 1, 1))[["lesion", "voxels", "location"]].to_dict("list")
+    {'lesion': [1, 2], 'voxels': [27, 4], 'location': ['n/a', 'n/a']}
+    """
+    vs = _checks.voxel_size_mm(voxel_size)
+    lab, n = label_lesions(mask)
+    shape = lab.shape
+    if not (np.isfinite(contact_mm) and contact_mm >= 0):
+        raise InputError(f"contact_mm must be a non-negative number of mm, got {contact_mm}")
+    anat = None
+    if labels is not None:
+        anat = np.asarray(labels)
+        if anat.shape != shape:
+            raise InputError(f"labels has shape {anat.shape}, expected {shape} (the mask's)")
+        anat = np.rint(anat).astype(np.int32)
+    idx = np.arange(1, n + 1)
+    voxels = np.bincount(lab.ravel(), minlength=n + 1)[1:]
+    centres = np.asarray(ndi.center_of_mass(np.ones(shape, np.float32), lab, idx),
+                         dtype=np.float64).reshape(n, 3)
+    if affine is not None:
+        a = np.asarray(affine, dtype=np.float64)
+        centres = centres @ a[:3, :3].T + a[:3, 3]
+    location = np.array(["n/a"] * n, dtype=object)
+    if anat is not None and n:
+        def share(ids: tuple[int, ...]) -> np.ndarray:
+            inside = np.bincount(lab[np.isin(anat, ids)], minlength=n + 1)[1:]
+            return inside / np.maximum(voxels, 1)
+
+        def touches(region: np.ndarray) -> np.ndarray:
+            near = _near(region, contact_mm + 1e-6, vs) if region.any() else region
+            return np.bincount(lab[near], minlength=n + 1)[1:] > 0
+
+        ventricles = np.isin(anat, _LATERAL_VENTRICLES)
+        if csf_prior is not None:
+            csf = np.asarray(csf_prior)
+            if csf.shape != shape:
+                raise InputError(f"csf_prior has shape {csf.shape}, expected {shape}")
+            if ventricles.any():
+                ventricles |= (csf >= 0.5) & _near(ventricles, _VENTRICLE_CSF_MM, vs)
+        rules = (
+            share(_INFRATENTORIAL) >= 0.5,
+            touches(ventricles),
+            touches(np.isin(anat, _CORTICAL)),
+            share(_DEEP_GREY) >= 0.5,
+            np.ones(n, bool),
+        )
+        location = np.select(rules, LESION_LOCATIONS, default="n/a").astype(object)
+    return pd.DataFrame({
+        "lesion": idx.astype(int),
+        "voxels": voxels.astype(int),
+        "volume_ml": voxels * float(np.prod(vs)) / 1000.0,
+        "centre_x": centres[:, 0], "centre_y": centres[:, 1], "centre_z": centres[:, 2],
+        "location": location,
+    })
 
 
 def lesion_partial_volume_ml(

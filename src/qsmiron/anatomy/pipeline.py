@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from scipy import ndimage as ndi
 
 from qsmiron import _checks
@@ -42,6 +43,7 @@ from qsmiron.anatomy.freesurfer import ExternalSegmentation
 from qsmiron.anatomy.lesions import (
     grow_lesions,
     label_lesions,
+    lesion_table,
     lesion_volume_ml,
     segment_lesions,
 )
@@ -230,6 +232,9 @@ class AnatomyResult:
         Vein mask on the QSM grid.
     lesions : Image or None
         T2 lesion mask on the FLAIR grid (or the grid it was given on).
+    lesion_table : pandas.DataFrame or None
+        One row per lesion (:func:`qsmiron.anatomy.lesions.lesion_table`: volume, centre in
+        scanner mm, location).
     enhancing : Image or None
         Enhancing foci on the T1w grid.
     segmentation : T1Segmentation or None
@@ -253,6 +258,7 @@ class AnatomyResult:
     csf_ref: np.ndarray
     veins: np.ndarray
     lesions: Image | None = None
+    lesion_table: pd.DataFrame | None = None
     enhancing: Image | None = None
     segmentation: T1Segmentation | None = None
     transforms: dict[str, Path] = field(default_factory=dict)
@@ -444,6 +450,66 @@ def _mean(values: np.ndarray, roi: np.ndarray) -> float:
 # the stage
 
 
+#: Data dictionary of the per-lesion table (``sub-X_space-FLAIR_lesions.tsv``).
+LESION_TABLE_COLUMNS: dict[str, dict[str, str]] = {
+    "lesion": {"Description": "lesion number: 26-connected components of the lesion mask, "
+                              "in scipy.ndimage.label order"},
+    "voxels": {"Description": "voxels of the lesion"},
+    "volume_ml": {"Description": "volume of the lesion's voxels", "Units": "mL"},
+    "centre_x": {"Description": "centre of the lesion, scanner RAS x (increasing towards "
+                                "the patient's right)", "Units": "mm"},
+    "centre_y": {"Description": "centre of the lesion, scanner RAS y (increasing "
+                                "anteriorly)", "Units": "mm"},
+    "centre_z": {"Description": "centre of the lesion, scanner RAS z (increasing "
+                                "superiorly)", "Units": "mm"},
+    "location": {"Description": "first that applies (MAGNIMS 2016 definitions, 2 mm contact "
+                                "tolerance); n/a without anatomical labels",
+                 "Levels": {"infratentorial": "half or more in brainstem or cerebellum",
+                            "periventricular": "touching a lateral ventricle",
+                            "juxtacortical": "touching the cortex (cortical or "
+                                             "juxtacortical)",
+                            "deep_grey_matter": "half or more in thalamus or basal ganglia",
+                            "white_matter": "elsewhere in the white matter",
+                            "n/a": "no anatomical labels"}},
+}
+
+#: Lesion locations counted in the measures (``lesion_count_<location>``): the three of the
+#: MAGNIMS / McDonald 2017 criteria of dissemination in space (the cord is not imaged).
+LOCATION_COUNTS = ("periventricular", "juxtacortical", "infratentorial")
+
+
+def _lesion_table(lesions: Image, inp: AnatomyInputs, seg: T1Segmentation | None,
+                  t1: Image | None, tx_fl: str | None) -> pd.DataFrame:
+    """The per-lesion table on the lesions' grid, with locations where the anatomy is known.
+
+    Lesion-blind labels: the propagated atlas of the built-in segmentation (with its CSF
+    posterior, which widens the ventricles), or a FreeSurfer / SynthSeg aseg; moved onto the
+    lesions' grid (the FLAIR: through the FLAIR-to-T1w registration).
+    """
+    labels = csf = None
+    src_affine = None
+    if seg is not None and seg.atlas_labels is not None:
+        labels, csf, src_affine = seg.atlas_labels, seg.probs["csf"], seg.affine
+    elif inp.freesurfer is not None:
+        labels, src_affine = inp.freesurfer.labels, inp.freesurfer.affine
+    if labels is not None and src_affine is not None:
+        on_flair = inp.flair is not None and lesions.shape == inp.flair.shape and \
+            np.allclose(lesions.affine, inp.flair.affine, atol=1e-3)
+        if on_flair and tx_fl is None:
+            labels = csf = None  # the FLAIR was never registered to the T1w
+        else:
+            xfm = [tx_fl] if on_flair else []
+            inv = [True] if on_flair else None
+            labels = reg.resample(np.asarray(labels, np.float32), src_affine, lesions.shape,
+                                  lesions.affine, xfm, interpolation="genericLabel",
+                                  invert=inv)
+            if csf is not None:
+                csf = reg.resample(csf, src_affine, lesions.shape, lesions.affine, xfm,
+                                   invert=inv)
+    return lesion_table(lesions.data.astype(bool), lesions.voxel_size, lesions.affine,
+                        labels=labels, csf_prior=csf)
+
+
 def run_anatomy(
     inputs: AnatomyInputs,
     workdir: str | Path,
@@ -541,6 +607,8 @@ def run_anatomy(
     lesions_img: Image | None = None
     lesion_pv_ml: float | None = None
     lesions_t1: np.ndarray | None = None
+    les_table: pd.DataFrame | None = None
+    tx_fl_path: str | None = None
     measures: dict[str, Any] = {}
     if inp.flair is not None:
         _check_image(inp.flair, "FLAIR")
@@ -564,6 +632,7 @@ def run_anatomy(
                                    fixed_mask=brain_t1,
                                    moving_mask=head_mask(fl.data, fl.voxel_size))
         transforms["flair_to_t1w"] = tx_fl.path
+        tx_fl_path = tx_fl.path
         _brain_overlap_check(tx_fl, "FLAIR vs T1w", fl, flags, "flair_t1w",
                              _registered_contrast(fl, tx_fl, t1_label_grid))
         seconds["flair_registration"] = time.perf_counter() - t
@@ -630,10 +699,17 @@ def run_anatomy(
         measures["t2_lesion_volume_ml"] = mask_ml if lesion_pv_ml is None else lesion_pv_ml
         measures["t2_lesion_mask_volume_ml"] = mask_ml
         measures["lesion_count"] = int(n)
+        les_table = _lesion_table(lesions_img, inp, seg, t1, tx_fl_path)
+        known = les_table is not None and bool((les_table["location"] != "n/a").all())
+        for where in LOCATION_COUNTS:
+            measures[f"lesion_count_{where}"] = (
+                int((les_table["location"] == where).sum()) if known else np.nan)
     else:
         measures["t2_lesion_volume_ml"] = np.nan
         measures["t2_lesion_mask_volume_ml"] = np.nan
         measures["lesion_count"] = np.nan
+        for where in LOCATION_COUNTS:
+            measures[f"lesion_count_{where}"] = np.nan
     if seg is not None and lesions_t1 is not None:
         add_lesions(seg, lesions_t1)
         t1_labels = seg.labels
@@ -803,7 +879,8 @@ def run_anatomy(
     measures["qc_flags"] = ";".join(flags)
     return AnatomyResult(
         measures=measures, flags=flags, qsm_labels=out, t1_labels=t1_labels, thalamus=thal,
-        csf_ref=csf, veins=veins, lesions=lesions_img, enhancing=enhancing_img,
+        csf_ref=csf, veins=veins, lesions=lesions_img, lesion_table=les_table,
+        enhancing=enhancing_img,
         segmentation=seg, transforms=transforms, sources=sources, seconds=seconds, info=info,
     )
 
@@ -1027,6 +1104,15 @@ def write_anatomy_derivatives(
                                     r.lesions.data.astype(bool), r.lesions.affine,
                                     dtype=np.uint8,
                                     sidecar={"Description": "T2 (FLAIR) lesions"})
+    if r.lesion_table is not None and r.lesions is not None:
+        space = "FLAIR" if inputs.flair is not None and r.lesions.shape == inputs.flair.shape \
+            else "T1w"
+        tsv = r.lesion_table.to_csv(sep="\t", index=False, float_format="%.6g",
+                                    lineterminator="\n")
+        out["lesion_table"] = atomic_write_bytes(name("lesions", ".tsv", space=space),
+                                                 tsv.encode())
+        out["lesion_table_json"] = write_json(name("lesions", ".json", space=space),
+                                              LESION_TABLE_COLUMNS)
     if r.enhancing is not None:
         out["enhancing"] = save_nifti(name("mask", space="T1w", desc="enhancing"),
                                       r.enhancing.data.astype(bool), r.enhancing.affine,

@@ -82,6 +82,14 @@ MEASURES: dict[str, dict[str, str]] = {
     "t2_lesion_mask_volume_ml": {"Description": "volume of the binary lesion mask",
                                  "Units": "mL"},
     "lesion_count": {"Description": "number of T2 lesions (connected components)"},
+    "lesion_count_periventricular": {
+        "Description": "T2 lesions touching a lateral ventricle (MAGNIMS location; see "
+                       "the subject's _lesions.tsv); empty without anatomical labels"},
+    "lesion_count_juxtacortical": {
+        "Description": "T2 lesions touching the cortex, not periventricular (cortical or "
+                       "juxtacortical)"},
+    "lesion_count_infratentorial": {
+        "Description": "T2 lesions mostly in the brainstem or cerebellum"},
     "enhancing_lesion_count": {"Description": "number of gadolinium-enhancing lesions"},
     "enhancing_lesions": {"Description": "any gadolinium-enhancing lesion",
                           "Levels": {"yes": "at least one", "no": "none"}},
