@@ -90,7 +90,8 @@ def test_demo_small(tmp_path, capsys):
     assert page["loaded"] and page["broken_images"] == []
     assert {"table1", "table2"} <= set(page["table_ids"])
     subject = check_page(report.parent / "subjects" / "sub-001.html")
-    assert subject["n_images"] == 1 and subject["broken_images"] == []
+    # the anatomy QC panel and the lesion mosaic
+    assert subject["n_images"] == 2 and subject["broken_images"] == []
 
 
 @pytest.fixture(scope="module")

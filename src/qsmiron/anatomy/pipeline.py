@@ -479,7 +479,7 @@ LOCATION_COUNTS = ("periventricular", "juxtacortical", "infratentorial")
 
 
 def _lesion_table(lesions: Image, inp: AnatomyInputs, seg: T1Segmentation | None,
-                  t1: Image | None, tx_fl: str | None) -> pd.DataFrame:
+                  tx_fl: str | None) -> pd.DataFrame:
     """The per-lesion table on the lesions' grid, with locations where the anatomy is known.
 
     Lesion-blind labels: the propagated atlas of the built-in segmentation (with its CSF
@@ -699,7 +699,7 @@ def run_anatomy(
         measures["t2_lesion_volume_ml"] = mask_ml if lesion_pv_ml is None else lesion_pv_ml
         measures["t2_lesion_mask_volume_ml"] = mask_ml
         measures["lesion_count"] = int(n)
-        les_table = _lesion_table(lesions_img, inp, seg, t1, tx_fl_path)
+        les_table = _lesion_table(lesions_img, inp, seg, tx_fl_path)
         known = les_table is not None and bool((les_table["location"] != "n/a").all())
         for where in LOCATION_COUNTS:
             measures[f"lesion_count_{where}"] = (
