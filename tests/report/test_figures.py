@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from matplotlib.colors import to_rgb
 from matplotlib.image import imread
+from scipy import ndimage
 
 from qsmiron.errors import InputError
 from qsmiron.report.figures import (
@@ -13,6 +14,7 @@ from qsmiron.report.figures import (
     FIGSIZE_INCHES,
     anatomy_qc_panel,
     lesion_mosaic,
+    lesion_number_positions,
     lesion_slices,
     slice_with_most,
     top_slices,
@@ -255,6 +257,16 @@ def test_lesion_slices_cover_every_lesion_with_the_fewest_slices():
     assert 5 <= zs[0] <= 6 and zs[1] == 14
     for z0, z1 in ranges:  # each lesion crossed by a chosen slice
         assert any(z0 <= z < z1 for z in zs)
+    # each lesion numbered beside it (right of it on the radiological image: below its lowest
+    # axis-0 index) on the slices crossing it: here each lesion is crossed by one of the two
+    lab, _ = ndimage.label(mask, structure=np.ones((3, 3, 3)))
+    pos = lesion_number_positions(lab, zs, (1.0, 1.0, 2.0))
+    assert sorted(p[0] for p in pos) == list(range(1, 7))
+    for number, z, h_mm, v_mm in pos:
+        sec = lab[:, :, z] == number
+        assert z in zs and sec.any()
+        xs, ys = np.nonzero(sec)
+        assert h_mm == (xs.min() - 1.5) * 1.0 and v_mm == ys.mean()
     # fewer slices allowed than needed: the best one, and the count it shows
     zs1, shown1 = lesion_slices(mask, max_slices=1)
     assert len(zs1) == 1 and shown1 == 3
@@ -281,5 +293,9 @@ def test_lesion_mosaic_draws_every_lesion(tmp_path, subject):
                          dpi=DPI)
     assert imread(none).shape[1] == round(6 * 3.0 * DPI)  # two rows of six
     assert _pixels(none, COLOURS["lesions"]).sum() == 0
+    # lesion numbers are written in the CSF-reference yellow (anti-aliased: near that colour),
+    # with lesions only
+    assert _pixels(png, COLOURS["csf_ref"], tol=0.2).sum() > 5
+    assert _pixels(none, COLOURS["csf_ref"], tol=0.2).sum() == 0
     with pytest.raises(InputError, match="lesions shape"):
         lesion_mosaic(tmp_path / "x.png", subject["flair"], np.zeros((4, 4, 4), bool), VS)

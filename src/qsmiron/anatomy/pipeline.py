@@ -1149,7 +1149,9 @@ def write_anatomy_derivatives(
         fl, fvs = _canonical(inputs.flair.data, inputs.flair.affine)
         les = None
         if r.lesions is not None and r.lesions.data.shape == inputs.flair.data.shape:
-            les = _canonical(r.lesions.data.astype(bool), inputs.flair.affine)[0]
+            # numbered as in the lesion table (label_lesions on the FLAIR's own grid)
+            les = _canonical(label_lesions(r.lesions.data.astype(bool))[0],
+                             inputs.flair.affine)[0]
         out["lesion_qc"] = lesion_mosaic(
             fig.with_name(bids_name(sub, "qc", session=ses, entities={"desc": "lesions"},
                                     extension=".png")),

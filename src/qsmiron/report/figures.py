@@ -50,6 +50,7 @@ __all__ = [
     "FIGSIZE_INCHES",
     "anatomy_qc_panel",
     "lesion_mosaic",
+    "lesion_number_positions",
     "lesion_slices",
     "slice_with_most",
     "top_slices",
@@ -262,6 +263,46 @@ def lesion_slices(mask: np.ndarray, max_slices: int = _MOSAIC_MAX_PANELS,
     return sorted(chosen), int(n - left.sum())
 
 
+def lesion_number_positions(
+    labels: np.ndarray, slices: Sequence[int], voxel_size: float | Sequence[float]
+) -> list[tuple[int, int, float, float]]:
+    """Where the mosaic writes the lesions' numbers: beside each lesion on each slice drawn.
+
+    Every lesion (a nonzero value of ``labels``) crossed by a slice of ``slices`` is numbered
+    on that slice, 1.5 voxels beyond its cross-section's lowest axis-0 index (on the image's
+    right of it in the radiological view), at the height of the cross-section's centre.
+
+    Parameters
+    ----------
+    labels : (X, Y, Z) int array
+        Lesion label map (RAS+ voxel axes), e.g. :func:`qsmiron.anatomy.lesions.label_lesions`.
+    slices : sequence of int
+        Axial slices drawn.
+    voxel_size : float or sequence of 3 floats
+        Voxel size, mm.
+
+    Returns
+    -------
+    list of (number, slice, horizontal mm, vertical mm)
+        In the panel's coordinates, by slice then number.
+
+    Examples
+    --------
+    >>> lab = np.zeros((10, 10, 6), int); lab[4:6, 2:4, 1:4] = 1; lab[6, 6, 3] = 2
+    >>> lesion_number_positions(lab, [2, 3], 1.0)
+    [(1, 2, 2.5, 2.5), (1, 3, 2.5, 2.5), (2, 3, 4.5, 6.0)]
+    """
+    vs = _voxel_size(voxel_size, "voxel_size")
+    lab = np.asarray(labels)
+    out: list[tuple[int, int, float, float]] = []
+    for z in sorted(int(z) for z in slices):
+        sec = lab[:, :, z]
+        for i in np.unique(sec[sec > 0]).tolist():
+            hi, vi = np.nonzero(sec == i)
+            out.append((int(i), z, float((hi.min() - 1.5) * vs[0]), float(vi.mean() * vs[1])))
+    return out
+
+
 def _even_slices(img: np.ndarray, n: int) -> list[int]:
     """``n`` axial slices evenly through the head (10-90% of its extent)."""
     zs = np.flatnonzero(np.count_nonzero(_head(img), axis=(0, 1)))
@@ -286,7 +327,8 @@ def lesion_mosaic(
     and every false one. The slices are those of :func:`lesion_slices` (each lesion crossed at
     least once, the fewest slices; at most ``max_panels``, and the title says how many lesions
     they show), in anatomical order, six to a row, each cropped to the head; without lesions,
-    twelve slices evenly through the head. Same conventions as :func:`anatomy_qc_panel`: RAS+
+    twelve slices evenly through the head. Each lesion's number (yellow) is written beside it on
+    every slice that crosses it. Same conventions as :func:`anatomy_qc_panel`: RAS+
     voxel axes, radiological view, voxels at their size in mm, outlines along voxel edges.
 
     Parameters
@@ -296,7 +338,9 @@ def lesion_mosaic(
     flair : (X, Y, Z) array_like
         FLAIR image in the voxel axes of a RAS+ image.
     lesions : (X, Y, Z) array_like or None
-        Lesion mask on the FLAIR grid (nonzero is lesion); None: not segmented.
+        Lesion mask on the FLAIR grid (nonzero is lesion), or a lesion label map whose numbers
+        are written beside the lesions (:func:`lesion_number_positions`; a mask is numbered
+        by its 26-connected components); None: not segmented.
     voxel_size : float or sequence of 3 floats
         FLAIR voxel size, mm.
     title : str, optional
@@ -333,6 +377,15 @@ def lesion_mosaic(
         raise InputError(f"dpi must be a positive integer, found {dpi!r}")
     if not (isinstance(max_panels, (int, np.integer)) and max_panels >= 1):
         raise InputError(f"max_panels must be a positive integer, found {max_panels!r}")
+    lab = None
+    if les is not None and les.any():
+        given = np.asarray(lesions)
+        if np.issubdtype(given.dtype, np.integer) and int(given.max()) > 1:
+            lab = given  # a label map: its numbers (those of the lesion table)
+        else:
+            from scipy import ndimage as ndi
+
+            lab = ndi.label(les, structure=np.ones((3, 3, 3), bool))[0]
     n_les = 0 if les is None else lesion_count(les, fvs)
     if n_les:
         zs, shown = lesion_slices(les, max_panels)
@@ -355,11 +408,8 @@ def lesion_mosaic(
     top = 1.0 - 0.9 / (panel_h * rows + 0.9)
     gs = fig.add_gridspec(rows, cols, left=0.005, right=0.995, bottom=0.005, top=top,
                           wspace=0.02, hspace=0.12)
-    lab = None
-    if les is not None and n_les:
-        from scipy import ndimage as ndi
-
-        lab = ndi.label(les, structure=np.ones((3, 3, 3), bool))[0]
+    numbers = [] if lab is None else lesion_number_positions(lab, zs, fvs)
+    stroke = [patheffects.withStroke(linewidth=2.0, foreground="black")]
     for k, z in enumerate(zs):
         ax = fig.add_subplot(gs[k // cols, k % cols])
         sec = fl[:, :, z]
@@ -371,6 +421,11 @@ def lesion_mosaic(
             if lab is not None:
                 k_les = int(np.count_nonzero(np.unique(lab[:, :, z])))
                 what = f", {k_les} lesion{'s' if k_les != 1 else ''}"
+                for number, zn, h_mm, v_mm in numbers:
+                    if zn == z:
+                        ax.text(h_mm, v_mm, str(number), color=COLOURS["csf_ref"],
+                                fontsize=7, ha="left", va="center", path_effects=stroke,
+                                clip_on=True)
         _crop_limits(ax, box, "axial", fvs)
         _bare(ax)
         if k == 0:
@@ -390,8 +445,8 @@ def lesion_mosaic(
     fig.text(0.005, 1.0 - 0.1 / (panel_h * rows + 0.9), f"{title}   {summary}".strip(),
              ha="left", va="top", color=COLOURS["text"], fontsize=14, fontweight="bold")
     fig.text(0.995, 1.0 - 0.5 / (panel_h * rows + 0.9),
-             "FLAIR, lesions outlined in red; radiological convention: R = patient's right "
-             "(image left), anterior up", ha="right", va="top", color="#B0B0B0", fontsize=10)
+             "lesions in red, numbered as in the lesion table; R = patient's right "
+             "(image left)", ha="right", va="top", color="#B0B0B0", fontsize=10)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, facecolor=fig.get_facecolor(),
                 metadata={"Software": None})
