@@ -41,7 +41,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from qsmiron.anatomy.lesions import lesion_count, lesion_volume_ml
+from qsmiron.anatomy.lesions import label_lesions, lesion_count, lesion_volume_ml
 from qsmiron.errors import InputError
 from qsmiron.io.nifti import atomic_write_bytes
 
@@ -239,20 +239,23 @@ def lesion_slices(mask: np.ndarray, max_slices: int = _MOSAIC_MAX_PANELS,
     >>> lesion_slices(m)
     ([4, 9], 3)
     """
-    from scipy import ndimage as ndi
-
     if max_slices < 1:
         raise InputError(f"max_slices must be at least 1, found {max_slices}")
-    m = np.asarray(mask) != 0
-    _per_slice_counts(m, axis)  # checks the shape and axis
-    lab, n = ndi.label(m, structure=np.ones((3, 3, 3), bool))
+    _per_slice_counts(mask, axis)  # checks the shape and axis
+    return _cover_slices(label_lesions(mask)[0], max_slices, axis)
+
+
+def _cover_slices(lab: np.ndarray, max_slices: int, axis: int = 2) -> tuple[list[int], int]:
+    """Greedy set cover of :func:`lesion_slices` over a lesion label map (numbers may skip)."""
+    n = int(lab.max()) if lab.size else 0
     if n == 0:
         return [], 0
     # voxels of each lesion in each slice: (slices, lesions + 1), column 0 the background
     moved = np.moveaxis(lab, axis, 0).reshape(lab.shape[axis], -1)
     per = np.stack([np.bincount(row, minlength=n + 1) for row in moved])[:, 1:]
     crossed = per > 0
-    left = np.ones(n, bool)
+    left = crossed.any(axis=0)  # the numbers present
+    total = int(left.sum())
     chosen: list[int] = []
     while left.any() and len(chosen) < max_slices:
         gain = crossed[:, left].sum(axis=1)
@@ -260,7 +263,7 @@ def lesion_slices(mask: np.ndarray, max_slices: int = _MOSAIC_MAX_PANELS,
         best = int(np.lexsort((np.arange(gain.size), -voxels, -gain))[0])
         chosen.append(best)
         left &= ~crossed[best]
-    return sorted(chosen), int(n - left.sum())
+    return sorted(chosen), total - int(left.sum())
 
 
 def lesion_number_positions(
@@ -378,17 +381,16 @@ def lesion_mosaic(
     if not (isinstance(max_panels, (int, np.integer)) and max_panels >= 1):
         raise InputError(f"max_panels must be a positive integer, found {max_panels!r}")
     lab = None
+    n_les = 0
     if les is not None and les.any():
         given = np.asarray(lesions)
         if np.issubdtype(given.dtype, np.integer) and int(given.max()) > 1:
-            lab = given  # a label map: its numbers (those of the lesion table)
+            lab = np.where(given > 0, given, 0).astype(np.int32)  # numbers of the lesion table
+            n_les = int(np.unique(lab[lab > 0]).size)
         else:
-            from scipy import ndimage as ndi
-
-            lab = ndi.label(les, structure=np.ones((3, 3, 3), bool))[0]
-    n_les = 0 if les is None else lesion_count(les, fvs)
+            lab, n_les = label_lesions(les)
     if n_les:
-        zs, shown = lesion_slices(les, max_panels)
+        zs, shown = _cover_slices(lab, max_panels)
     else:
         zs, shown = _even_slices(fl, min(_MOSAIC_EMPTY_PANELS, max_panels)), 0
     cols = min(_MOSAIC_COLUMNS, max(len(zs), 3))  # three wide at least: room for the title
