@@ -1165,7 +1165,7 @@ def lesion_table(
             return inside / np.maximum(voxels, 1)
 
         def touches(region: np.ndarray) -> np.ndarray:
-            near = _near(region, contact_mm + 1e-6, vs) if region.any() else region
+            near = _near(region, contact_mm + 1e-6, vs)
             return np.bincount(lab[near], minlength=n + 1)[1:] > 0
 
         ventricles = np.isin(anat, _LATERAL_VENTRICLES)

@@ -479,13 +479,18 @@ LOCATION_COUNTS = ("periventricular", "juxtacortical", "infratentorial")
 
 
 def _lesion_table(lesions: Image, inp: AnatomyInputs, seg: T1Segmentation | None,
-                  tx_fl: str | None) -> pd.DataFrame:
+                  tx_fl: str | None,
+                  on_grid: tuple[np.ndarray, np.ndarray] | None = None) -> pd.DataFrame:
     """The per-lesion table on the lesions' grid, with locations where the anatomy is known.
 
     Lesion-blind labels: the propagated atlas of the built-in segmentation (with its CSF
     posterior, which widens the ventricles), or a FreeSurfer / SynthSeg aseg; moved onto the
-    lesions' grid (the FLAIR: through the FLAIR-to-T1w registration).
+    lesions' grid (the FLAIR: through the FLAIR-to-T1w registration), unless ``on_grid``
+    gives them there already (atlas labels, CSF posterior), as the lesion rule had them.
     """
+    if on_grid is not None:
+        return lesion_table(lesions.data.astype(bool), lesions.voxel_size, lesions.affine,
+                            labels=on_grid[0], csf_prior=on_grid[1])
     labels = csf = None
     src_affine = None
     if seg is not None and seg.atlas_labels is not None:
@@ -609,6 +614,7 @@ def run_anatomy(
     lesions_t1: np.ndarray | None = None
     les_table: pd.DataFrame | None = None
     tx_fl_path: str | None = None
+    lesion_grid_anatomy: tuple[np.ndarray, np.ndarray] | None = None  # labels, CSF on FLAIR
     measures: dict[str, Any] = {}
     if inp.flair is not None:
         _check_image(inp.flair, "FLAIR")
@@ -657,6 +663,7 @@ def run_anatomy(
                       "csf_prior": to_flair(seg.probs["csf"]),
                       "labels": to_flair(seg.atlas_labels.astype(np.float32),
                                          "genericLabel").astype(np.int16)}
+                lesion_grid_anatomy = (kw["labels"], kw["csf_prior"])
             if inp.lesion_seeds is not None:
                 seeds = _world_to_voxel(inp.lesion_seeds, fl, inp.lesion_seeds_path)
                 try:
@@ -699,8 +706,8 @@ def run_anatomy(
         measures["t2_lesion_volume_ml"] = mask_ml if lesion_pv_ml is None else lesion_pv_ml
         measures["t2_lesion_mask_volume_ml"] = mask_ml
         measures["lesion_count"] = int(n)
-        les_table = _lesion_table(lesions_img, inp, seg, tx_fl_path)
-        known = les_table is not None and bool((les_table["location"] != "n/a").all())
+        les_table = _lesion_table(lesions_img, inp, seg, tx_fl_path, lesion_grid_anatomy)
+        known = bool((les_table["location"] != "n/a").all())
         for where in LOCATION_COUNTS:
             measures[f"lesion_count_{where}"] = (
                 int((les_table["location"] == where).sum()) if known else np.nan)
@@ -1098,20 +1105,18 @@ def write_anatomy_derivatives(
         for cls in ("csf", "gm", "wm"):
             out[f"probseg_{cls}"] = save_nifti(
                 name("probseg", space="T1w", label=cls.upper()), seg.probs[cls], seg.affine)
+    les_space = "FLAIR" if inputs.flair is not None else "T1w"  # the grid lesions are on
     if r.lesions is not None:
-        out["lesions"] = save_nifti(name("mask", space="FLAIR" if inputs.flair is not None
-                                         else "T1w", desc="lesions"),
+        out["lesions"] = save_nifti(name("mask", space=les_space, desc="lesions"),
                                     r.lesions.data.astype(bool), r.lesions.affine,
                                     dtype=np.uint8,
                                     sidecar={"Description": "T2 (FLAIR) lesions"})
     if r.lesion_table is not None and r.lesions is not None:
-        space = "FLAIR" if inputs.flair is not None and r.lesions.shape == inputs.flair.shape \
-            else "T1w"
         tsv = r.lesion_table.to_csv(sep="\t", index=False, float_format="%.6g",
                                     lineterminator="\n")
-        out["lesion_table"] = atomic_write_bytes(name("lesions", ".tsv", space=space),
+        out["lesion_table"] = atomic_write_bytes(name("lesions", ".tsv", space=les_space),
                                                  tsv.encode())
-        out["lesion_table_json"] = write_json(name("lesions", ".json", space=space),
+        out["lesion_table_json"] = write_json(name("lesions", ".json", space=les_space),
                                               LESION_TABLE_COLUMNS)
     if r.enhancing is not None:
         out["enhancing"] = save_nifti(name("mask", space="T1w", desc="enhancing"),
