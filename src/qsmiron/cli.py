@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -258,18 +259,27 @@ def _anatomy(args: argparse.Namespace) -> int:
         paths = write_anatomy_derivatives(result, inputs, args.out, sub, args.session)
         prog.update(task, completed=len(_ANATOMY_STAGES), current="done")
     m = result.measures
+
+    def num(key: str, spec: str) -> str:
+        """A measure as text; "n/a" where it could not be made (see the QC flags)."""
+        value = m.get(key)
+        if not (isinstance(value, int | float) and math.isfinite(value)):
+            return "n/a"
+        return format(int(value) if spec == "d" else value, spec)
+
+    lesions = (f"T2 lesions {num('t2_lesion_volume_ml', '.2f')} mL "
+               f"({num('lesion_count', 'd')}"
+               + ("" if not isinstance(m.get("lesion_count_periventricular"), int) else
+                  f": {m['lesion_count_periventricular']} periventricular, "
+                  f"{m['lesion_count_juxtacortical']} juxtacortical, "
+                  f"{m['lesion_count_infratentorial']} infratentorial") + ")")
     console.print(
         f"anatomy of sub-{sub} in {time.perf_counter() - t0:.0f} s\n"
-        f"  thalamus {m['thalamus_volume_ml']:.2f} mL, chi relative to CSF "
-        f"{m['rel_chi_ppb']:+.1f} ppb (thalamus - CSF), veins excluded "
+        f"  thalamus {num('thalamus_volume_ml', '.2f')} mL, chi relative to CSF "
+        f"{num('rel_chi_ppb', '+.1f')} ppb (thalamus - CSF), veins excluded "
         f"{100 * m['vein_fraction_excluded']:.1f}%\n"
-        f"  T2 lesions {m['t2_lesion_volume_ml']:.2f} mL ({m['lesion_count']}"
-        + ("" if not isinstance(m.get("lesion_count_periventricular"), int) else
-           f": {m['lesion_count_periventricular']} periventricular, "
-           f"{m['lesion_count_juxtacortical']} juxtacortical, "
-           f"{m['lesion_count_infratentorial']} infratentorial")
-        + "), enhancing "
-        f"{m['enhancing_lesion_count']}, grey matter {m['total_gm_volume_ml']:.0f} mL\n"
+        f"  {lesions}, enhancing {num('enhancing_lesion_count', 'd')}, grey matter "
+        f"{num('total_gm_volume_ml', '.0f')} mL\n"
         f"  QC flags: {', '.join(result.flags) or 'none'}\n"
         f"  QC picture: {paths['qc']}"
         + (f"\n  every lesion: {paths['lesion_qc']}" if "lesion_qc" in paths else ""),

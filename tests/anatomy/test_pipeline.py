@@ -217,6 +217,147 @@ def test_user_masks_override_and_are_recorded(study, tmp_path) -> None:
     assert qmask.any()
 
 
+def test_missing_measures_are_written_as_null(study, tmp_path) -> None:
+    """No FLAIR, no post-gadolinium T1w: the lesion and enhancing measures are missing (NaN),
+    and the derivatives are still written, with JSON nulls (JSON has no NaN)."""
+    from qsmiron.anatomy.freesurfer import read_freesurfer_subject
+    from qsmiron.anatomy.pipeline import load_anatomy_inputs, write_anatomy_derivatives
+
+    inp = load_anatomy_inputs(study["bids"], study["deriv"], SUB)
+    inp.freesurfer = read_freesurfer_subject(_fs_subject(study, tmp_path))
+    inp.flair = inp.t1w_gd = None
+    labels, aff, _ = load_nifti(study["truth"] / f"sub-{SUB}_dseg.nii.gz", dtype=None)
+    inp.thalamus_mask = Image(np.isin(labels, (13, 14)).astype(np.uint8), aff,
+                              tmp_path / "thal_both.nii.gz")
+    res = run_anatomy(inp, tmp_path / "work")
+    assert np.isnan(res.measures["lesion_count"]) and np.isnan(
+        res.measures["enhancing_lesion_count"])
+    out = write_anatomy_derivatives(res, inp, tmp_path / "deriv", SUB)
+    m = json.loads(out["measures"].read_text())
+    assert m["lesion_count"] is None and m["t2_lesion_volume_ml"] is None
+    assert m["enhancing_lesion_count"] is None
+    assert {"no_flair", "no_gadolinium_t1w"} <= set(m["QCFlags"])
+    # a thalamus mask without sides is split by the segmentation's thalami (FreeSurfer's
+    # here, the true labels): each side is the true side, measured and flagged
+    assert "thalamus_mask_not_lateralised" in res.flags
+    assert res.thalamus.left.any() and res.thalamus.right.any()
+    assert np.all(labels[res.thalamus.left] == 13) and np.all(labels[res.thalamus.right] == 14)
+    assert res.thalamus.left.sum() > 0.5 * res.thalamus.both.sum() * 0.8
+    assert np.isfinite(m["rel_chi_left_ppb"]) and np.isfinite(m["rel_chi_right_ppb"])
+    assert m["thalamus_mask"]["dice_vs_segmentation"] > 0.95
+    assert "thalamus_mask_disagrees_with_segmentation" not in res.flags
+    # with the post-contrast T1w but no FLAIR: enhancing lesions are counted per T2 lesion,
+    # so without T2 lesions there is no count (not "0, no enhancing lesion")
+    inp.t1w_gd = load_anatomy_inputs(study["bids"], study["deriv"], SUB).t1w_gd
+    assert inp.t1w_gd is not None and _truth(study)["enhancing_lesion_count"] > 0
+    res = run_anatomy(inp, tmp_path / "work")
+    assert np.isnan(res.measures["enhancing_lesion_count"])
+    assert "enhancing_without_t2_lesions" in res.flags
+
+
+def test_wrong_user_thalamus_is_flagged(study, tmp_path) -> None:
+    """A user's thalamus 20 mm anterior of the true one, or with its sides swapped, is
+    measured as given but flagged against the segmentation: never a silent wrong ROI. A label
+    map without the thalamus labels is refused."""
+    from qsmiron.anatomy.freesurfer import read_freesurfer_subject
+    from qsmiron.anatomy.pipeline import load_anatomy_inputs
+
+    labels, aff, _ = load_nifti(study["truth"] / f"sub-{SUB}_dseg.nii.gz", dtype=None)
+    thal = np.where(labels == 13, 10, np.where(labels == 14, 49, 0)).astype(np.int16)
+    fs = read_freesurfer_subject(_fs_subject(study, tmp_path))
+    inp = load_anatomy_inputs(study["bids"], study["deriv"], SUB)
+    inp.freesurfer = fs
+    inp.flair = inp.t1w_gd = None
+    inp.csf_ref_mask = Image(np.isin(labels, T.ATRIA), aff, tmp_path / "csf.nii.gz")
+    forward = aff.copy()
+    forward[:3, 3] += aff[:3, :3] @ np.linalg.solve(aff[:3, :3], [0.0, 20.0, 0.0])
+    swapped = np.where(thal == 10, 49, np.where(thal == 49, 10, 0)).astype(np.int16)
+    for mask, flag in ((Image(thal, forward, tmp_path / "forward.nii.gz"),
+                        "thalamus_mask_disagrees_with_segmentation"),
+                       (Image(swapped, aff, tmp_path / "swapped.nii.gz"),
+                        "thalamus_mask_sides_swapped")):
+        inp.thalamus_mask = mask
+        res = run_anatomy(inp, tmp_path / "work")
+        assert flag in res.flags, (mask.path, res.flags)
+        assert res.sources["thalamus"] == f"user:{mask.path}"
+    # the true thalamus: no flag
+    inp.thalamus_mask = Image(thal, aff, tmp_path / "true.nii.gz")
+    res = run_anatomy(inp, tmp_path / "work")
+    assert not {"thalamus_mask_disagrees_with_segmentation",
+                "thalamus_mask_sides_swapped"} & set(res.flags)
+    inp.thalamus_mask = Image(labels, aff, tmp_path / "phantom_dseg.nii.gz")  # no 10/49...
+    inp.thalamus_mask.data[np.isin(labels, (10, 49))] = 0  # ...at all
+    with pytest.raises(InputError, match="10 \\(left\\) and 49") as exc:
+        run_anatomy(inp, tmp_path / "work")
+    assert exc.value.path == tmp_path / "phantom_dseg.nii.gz"
+
+
+def test_empty_lesion_and_vein_masks_mean_none(study, tmp_path) -> None:
+    """An all-zero lesion mask is a rater's "no lesion" (count 0, volume 0, flagged), an
+    all-zero vein mask "exclude no vein"; a CSF reference outside the valid QSM region gives
+    no number (chi is not measured there) instead of averaging its zeros."""
+    from qsmiron.anatomy.freesurfer import read_freesurfer_subject
+    from qsmiron.anatomy.pipeline import load_anatomy_inputs
+
+    labels, aff, _ = load_nifti(study["truth"] / f"sub-{SUB}_dseg.nii.gz", dtype=None)
+    inp = load_anatomy_inputs(study["bids"], study["deriv"], SUB)
+    inp.freesurfer = read_freesurfer_subject(_fs_subject(study, tmp_path))
+    inp.t1w_gd = None
+    assert inp.flair is not None
+    inp.lesion_mask = Image(np.zeros(inp.flair.shape, np.uint8), inp.flair.affine,
+                            tmp_path / "no_lesions.nii.gz")
+    inp.vein_mask = Image(np.zeros(labels.shape, np.uint8), aff, tmp_path / "no_veins.nii.gz")
+    qmask = inp.qsm_mask.data > 0
+    outside = np.zeros(labels.shape, bool)
+    outside[np.argwhere(~qmask)[0][0], :, :] = True  # a plane through the background
+    outside &= ~qmask
+    inp.csf_ref_mask = Image(outside.astype(np.uint8), aff, tmp_path / "csf_outside.nii.gz")
+    res = run_anatomy(inp, tmp_path / "work")
+    m = res.measures
+    assert m["lesion_count"] == 0 and m["t2_lesion_volume_ml"] == 0.0
+    assert m["lesion_count_periventricular"] == 0
+    assert {"lesion_mask_empty", "vein_mask_empty", "csf_ref_outside_qsm"} <= set(res.flags)
+    assert m["vein_fraction_excluded"] == 0.0
+    assert np.isnan(m["csf_ref_chi_ppb"]) and np.isnan(m["rel_chi_ppb"])
+    assert np.isfinite(m["thalamus_chi_ppb"])
+
+
+def test_rerun_leaves_no_stale_outputs(study, tmp_path) -> None:
+    """Rerunning the anatomy into a folder that holds an earlier run's FLAIR outputs, now
+    without a FLAIR: those files go, the reconstruction's files stay, and the measures JSON
+    is the new run's."""
+    import shutil
+
+    from qsmiron.anatomy.freesurfer import read_freesurfer_subject
+    from qsmiron.anatomy.pipeline import load_anatomy_inputs, write_anatomy_derivatives
+
+    anat = tmp_path / "deriv" / "qsmiron" / f"sub-{SUB}" / "anat"
+    anat.mkdir(parents=True)
+    figs = anat.parent / "figures"
+    figs.mkdir()
+    earlier = [f"sub-{SUB}_space-FLAIR_desc-lesions_mask.nii.gz",
+               f"sub-{SUB}_space-FLAIR_desc-lesions_mask.json",
+               f"sub-{SUB}_space-FLAIR_lesions.tsv",
+               f"sub-{SUB}_from-FLAIR_to-T1w_mode-image_xfm.mat",
+               f"sub-{SUB}_desc-anatomy_measures.json", f"sub-{SUB}_Chimap.nii.gz"]
+    for name in earlier:
+        shutil.copyfile(study["anat"] / name, anat / name)
+    shutil.copyfile(study["anat"].parent / "figures" / f"sub-{SUB}_desc-lesions_qc.png",
+                    figs / f"sub-{SUB}_desc-lesions_qc.png")
+    inp = load_anatomy_inputs(study["bids"], study["deriv"], SUB)
+    inp.freesurfer = read_freesurfer_subject(_fs_subject(study, tmp_path))
+    inp.flair = inp.t1w_gd = None
+    out = write_anatomy_derivatives(run_anatomy(inp, tmp_path / "work"), inp,
+                                    tmp_path / "deriv", SUB)
+    left = sorted(p.name for p in anat.iterdir()) + sorted(p.name for p in figs.iterdir())
+    assert not [n for n in left if "FLAIR" in n or "lesions" in n], left
+    assert (anat / f"sub-{SUB}_Chimap.nii.gz").is_file()  # the reconstruction's, untouched
+    # what is there is this run's (images with their JSON sidecars) and the Chimap
+    written = {p.name.split(".")[0] for p in out.values()}
+    assert {n.split(".")[0] for n in left} == written | {f"sub-{SUB}_Chimap"}
+    assert "no_flair" in json.loads(out["measures"].read_text())["QCFlags"]
+
+
 def test_missing_t1w_is_a_clear_error(study) -> None:
     with pytest.raises(InputError, match="no T1w image"):
         run_anatomy(_qsm_inputs(study), Path("/tmp/unused"))

@@ -142,3 +142,29 @@ def test_bad_inputs() -> None:
         csf_reference_roi(a, a, np.zeros(a.shape), ~a, 1.0, np.eye(4))
     with pytest.raises(InputError, match="method"):
         csf_reference_roi(a, a, np.zeros(a.shape), ~a, 1.0, np.eye(4), method="wm")
+
+
+def test_thalamus_size_flags_judge_the_structure_not_what_is_left() -> None:
+    """An atrophied thalamus of 4.6 mL a side (within 3-12 mL) with a vein through it: the
+    exclusions remove half of it at 2 mm, which ``vein_fraction_high`` reports; the size
+    flags judge the structure (before the exclusions) and stay silent. A 1.7 mL side is
+    flagged small."""
+    shape = (40, 30, 30)
+    mask = np.ones(shape, bool)
+    left = np.zeros(shape, bool)
+    right = np.zeros(shape, bool)
+    left[4:12, 8:16, 8:17] = True  # 8 x 8 x 9 voxels of 8 mm3: 4.61 mL
+    right[24:32, 8:16, 8:17] = True
+    veins = np.zeros(shape, bool)
+    veins[:, 11:13, :] = True  # a vein across both, 2 voxels thick; its 1-voxel rim goes too
+    roi = thalamus_roi(left, right, veins, mask, 2.0)
+    # rows 10-13 of 8-15 go (vein 11-12 and its rim): half of each side, 2.3 mL left
+    assert roi.left.sum() * 8e-3 < 3.0 and roi.vein_fraction_excluded == pytest.approx(0.5)
+    ref = np.zeros(shape, bool)
+    ref[18:21, 20:23, 10:13] = True  # 216 mm3 of CSF with a low R2*
+    r2s = np.where(ref, 2.0, 20.0).astype(np.float32)
+    assert roi_qc(roi, ref, r2s, mask, 2.0) == ["vein_fraction_high"]
+    small = np.zeros(shape, bool)
+    small[24:30, 8:14, 8:14] = True  # 6 x 6 x 6 voxels: 1.73 mL
+    assert roi_qc(thalamus_roi(left, small, None, mask, 2.0), ref, r2s, mask, 2.0) == [
+        "thalamus_right_small"]

@@ -287,7 +287,7 @@ def _same_grid(a: Image, b: Image) -> bool:
 _MASK_OVERSHOOT = 0.05
 
 
-def _mask_fraction(user: Image, name: str) -> np.ndarray:
+def _mask_fraction(user: Image, name: str, hint: str = "") -> np.ndarray:
     """A user's mask as a 0-1 fraction: a binary or probability mask, or one nonzero value.
 
     Values within [0, 1] are read as they are (binary or partial-volume; the few percent of
@@ -309,19 +309,24 @@ def _mask_fraction(user: Image, name: str) -> np.ndarray:
         f"the {name} is not a mask: it holds {nonzero.size} different nonzero values "
         f"({shown}; range {lo:g} to {hi:g}). Give a binary (0/1) or probability (0-1) mask; "
         "from a label map, write out the one label you mean (e.g. label 99, lesions, of "
-        "SAMSEG's seg.mgz)",
+        f"SAMSEG's seg.mgz){hint}",
         user.path,
     )
 
 
-def _user_mask_on(grid: Image, user: Image, name: str, labels: bool = False) -> np.ndarray:
+def _user_mask_on(grid: Image, user: Image, name: str, labels: bool = False,
+                  allow_empty: bool = False, hint: str = "") -> np.ndarray:
     """A user's mask (or label map) on ``grid``, through world coordinates if needed.
 
     A mask (``labels=False``) is read by :func:`_mask_fraction` and set where its fraction
-    on ``grid`` is at least one half.
+    on ``grid`` is at least one half. An empty result is an error naming the file, except a
+    file with no voxel set at all where ``allow_empty`` (a rater's "none": no lesion, no
+    vein); a mask that is set in its file but misses ``grid`` is always an error.
     """
     _check_image(user, name)
-    data = user.data if labels else _mask_fraction(user, name)
+    data = user.data if labels else _mask_fraction(user, name, hint)
+    if allow_empty and not np.any(data):
+        return np.zeros(grid.shape, bool)
     if _same_grid(grid, user):
         out = data
     else:
@@ -333,6 +338,69 @@ def _user_mask_on(grid: Image, user: Image, name: str, labels: bool = False) -> 
         raise InputError(f"the {name} is empty on the target grid (no voxel set, or it does "
                          "not overlap the image it belongs to)", user.path)
     return np.rint(out).astype(np.int32) if labels else np.asarray(out, bool)
+
+
+#: Thalamus labels of a user's thalamus label map (FreeSurfer aseg numbering).
+_THALAMUS_LABELS = (10, 49)
+#: Smallest Dice between a user's thalamus mask and the segmentation's thalamus that passes
+#: without a flag: a rater's thalamus and an automatic one agree at 0.8-0.9 (FreeSurfer, FSL
+#: FIRST and manual tracings); below one half the mask is misplaced, of another structure or
+#: of another subject, or the segmentation failed, and either way someone should look.
+THALAMUS_MASK_MIN_DICE = 0.5
+
+
+def _user_thalamus(grid: Image, user: Image) -> tuple[np.ndarray, np.ndarray, bool]:
+    """A user's thalamus on ``grid``: left, right, and whether the user gave the sides.
+
+    A label map holding the aseg thalamus labels (10 left, 49 right; any other label, as in
+    a whole aseg, is ignored) gives both sides; a mask (binary, probability or one nonzero
+    value) gives the thalamus without sides (all in ``left``); a label map without 10 or 49
+    is an error naming the file.
+    """
+    _check_image(user, "thalamus mask")
+    data = np.asarray(user.data)
+    if np.isin(data, _THALAMUS_LABELS).any() and data.max() > 1.0 + _MASK_OVERSHOOT:
+        sides = np.where(np.isin(data, _THALAMUS_LABELS), data, 0).astype(np.float32)
+        lab = _user_mask_on(grid, Image(sides, user.affine, user.path), "thalamus mask",
+                            labels=True)
+        return lab == 10, lab == 49, True
+    whole = _user_mask_on(grid, user, "thalamus mask",
+                          hint=", or a label map with the thalamus labels 10 (left) and 49 "
+                               "(right)")
+    return whole, np.zeros(grid.shape, bool), False
+
+
+def _thalamus_mask_check(left: np.ndarray, right: np.ndarray, lateralised: bool,
+                         q_labels: np.ndarray, voxel_size: np.ndarray,
+                         flags: list[str]) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """A user's thalamus against the segmentation's (labels 10/49 on the same grid).
+
+    Flags ``thalamus_mask_disagrees_with_segmentation`` (Dice below
+    :data:`THALAMUS_MASK_MIN_DICE`) and ``thalamus_mask_sides_swapped`` (the user's left lies
+    more on the segmentation's right thalamus than on its left, and vice versa). A mask
+    without sides is split by the segmentation: each voxel goes to the nearer of its two
+    thalami. Returns the (possibly split) sides and what was found, for the provenance.
+    """
+    seg_l, seg_r = q_labels == 10, q_labels == 49
+    if not (seg_l.any() and seg_r.any()):
+        return left, right, {}
+    user = left | right
+    dice = 2.0 * np.count_nonzero(user & (seg_l | seg_r)) / (
+        np.count_nonzero(user) + np.count_nonzero(seg_l | seg_r))
+    found: dict[str, Any] = {"dice_vs_segmentation": round(float(dice), 4)}
+    if dice < THALAMUS_MASK_MIN_DICE:
+        flags.append("thalamus_mask_disagrees_with_segmentation")
+    if lateralised:
+        same = np.count_nonzero(left & seg_l) + np.count_nonzero(right & seg_r)
+        swapped = np.count_nonzero(left & seg_r) + np.count_nonzero(right & seg_l)
+        if swapped > same:
+            flags.append("thalamus_mask_sides_swapped")
+    else:
+        d_l = ndi.distance_transform_edt(~seg_l, sampling=voxel_size)
+        d_r = ndi.distance_transform_edt(~seg_r, sampling=voxel_size)
+        left, right = user & (d_l <= d_r), user & (d_l > d_r)
+        found["sides"] = "split by the segmentation's thalami"
+    return left, right, found
 
 
 def ventricle_contrast(image: np.ndarray, labels: np.ndarray) -> float | None:
@@ -578,6 +646,12 @@ def run_anatomy(
             "with --freesurfer and both --thalamus-mask and --csf-ref-mask)")
     if inp.t1w is not None:
         _check_image(inp.t1w, "T1w")
+    # the user's QSM-space ROIs first: a bad one fails before minutes of segmentation
+    user_thalamus = None if inp.thalamus_mask is None else _user_thalamus(qsm, inp.thalamus_mask)
+    user_csf = (None if inp.csf_ref_mask is None
+                else _user_mask_on(qsm, inp.csf_ref_mask, "CSF reference mask"))
+    user_veins = (None if inp.vein_mask is None
+                  else _user_mask_on(qsm, inp.vein_mask, "vein mask", allow_empty=True))
 
     # 1. T1w segmentation -------------------------------------------------------------------
     seg: T1Segmentation | None = None
@@ -628,9 +702,11 @@ def run_anatomy(
         if grid is None:
             raise InputError("a lesion mask needs the FLAIR or T1w it was drawn on",
                              inp.lesion_mask.path)
-        les = _user_mask_on(grid, inp.lesion_mask, "lesion mask")
+        les = _user_mask_on(grid, inp.lesion_mask, "lesion mask", allow_empty=True)
         lesions_img = Image(les, grid.affine, inp.lesion_mask.path)
         sources["lesions"] = f"user:{inp.lesion_mask.path}"
+        if not les.any():
+            flags.append("lesion_mask_empty")  # the rater's "no lesion": counted as zero
     if inp.flair is not None and t1 is not None and t1_ref is not None:
         t = stage("FLAIR registration")
         fl = inp.flair
@@ -695,7 +771,7 @@ def run_anatomy(
     elif lesions_img is not None and t1 is not None:
         lesions_t1 = _user_mask_on(t1, Image(lesions_img.data.astype(np.float32),
                                              lesions_img.affine, lesions_img.path),
-                                   "lesion mask")
+                                   "lesion mask", allow_empty=True)
     if inp.flair is None and inp.lesion_mask is None:
         flags.append("no_flair")
     if lesions_img is not None:
@@ -739,7 +815,9 @@ def run_anatomy(
         brain = brain_t1 if brain_t1 is not None else t1.data > 0
         enh = enhancing_lesions(t1.data, gd_on_t1, les_t1, brain, t1.voxel_size)
         enhancing_img = Image(enh.mask, t1.affine, gd.path)
-        measures["enhancing_lesion_count"] = int(enh.count)
+        # counted per T2 lesion: without a T2 lesion mask (no FLAIR) the count would read 0,
+        # "no enhancing lesion", whatever the post-contrast image shows
+        measures["enhancing_lesion_count"] = int(enh.count) if lesions_t1 is not None else np.nan
         info["enhancing"] = {k: v for k, v in enh.diagnostics.items()
                              if isinstance(v, int | float | str)}
         sources["enhancing"] = "builtin"
@@ -806,19 +884,21 @@ def run_anatomy(
         s_l = s_r = np.zeros(qsm.shape, bool)
 
     # thalamus
-    if inp.thalamus_mask is not None:
-        um = _user_mask_on(qsm, inp.thalamus_mask, "thalamus mask", labels=True)
-        if np.isin(um, (10, 49)).any():
-            th_l, th_r = um == 10, um == 49
-        else:
-            th_l, th_r = um > 0, np.zeros(qsm.shape, bool)
+    if user_thalamus is not None and inp.thalamus_mask is not None:
+        th_l, th_r, lateralised = user_thalamus
+        if not lateralised:
             flags.append("thalamus_mask_not_lateralised")
+        # never a silent wrong ROI: the user's thalamus against the segmentation's
+        th_l, th_r, info["thalamus_mask"] = _thalamus_mask_check(
+            th_l, th_r, lateralised, q_labels, vs_q, flags)
         sources["thalamus"] = f"user:{inp.thalamus_mask.path}"
     else:
         th_l, th_r = q_labels == 10, q_labels == 49
         sources["thalamus"] = sources.get("segmentation", "none")
-    if inp.vein_mask is not None:
-        veins = _user_mask_on(qsm, inp.vein_mask, "vein mask")
+    if user_veins is not None and inp.vein_mask is not None:
+        veins = user_veins
+        if not veins.any():
+            flags.append("vein_mask_empty")
         sources["veins"] = f"user:{inp.vein_mask.path}"
     else:
         veins = _veins_near(chi, mag.data, qmask, vs_q, th_l | th_r,
@@ -829,8 +909,8 @@ def run_anatomy(
                         rim_voxels=p.rim_voxels)
 
     # CSF reference
-    if inp.csf_ref_mask is not None:
-        csf = _user_mask_on(qsm, inp.csf_ref_mask, "CSF reference mask")
+    if user_csf is not None and inp.csf_ref_mask is not None:
+        csf = user_csf
         sources["csf_ref"] = f"user:{inp.csf_ref_mask.path}"
         ref = None
     else:
@@ -846,7 +926,9 @@ def run_anatomy(
     seconds["qsm_rois"] = time.perf_counter() - t
 
     # 6. measures ----------------------------------------------------------------------------
-    csf_chi = _mean(chi, csf)
+    # outside the valid QSM region chi is not measured (zero): never part of a mean
+    # (flagged csf_ref_outside_qsm; a reference entirely outside it gives no number)
+    csf_chi = _mean(chi, csf & qmask)
     ppb = 1000.0
     th_all = thal.both
     measures.update({
@@ -999,10 +1081,10 @@ def load_anatomy_inputs(
         inp.freesurfer = read_synthseg(seg_path, csv if csv.exists() else None)
     for name, value in (("thalamus_mask", thalamus_mask), ("csf_ref_mask", csf_ref_mask),
                         ("lesion_mask", lesion_mask), ("vein_mask", vein_mask)):
-        if value is not None:
-            setattr(inp, name, _load(Path(value)))
+        if value is not None:  # absolute: the provenance must find it from anywhere
+            setattr(inp, name, _load(Path(value).absolute()))
     if lesion_seeds is not None:
-        inp.lesion_seeds_path = Path(lesion_seeds)
+        inp.lesion_seeds_path = Path(lesion_seeds).absolute()
         inp.lesion_seeds = _read_seeds(inp.lesion_seeds_path)
     return inp
 
@@ -1082,6 +1164,10 @@ def write_anatomy_derivatives(
         return folder / bids_name(sub, suffix, session=ses, entities=ents or None,
                                   extension=ext)
 
+    # the record of a finished run goes first and comes back last: outputs of a run that
+    # stops half-way never sit beside the previous run's measures as if they were its own
+    record = name("measures", ".json", desc="anatomy")
+    record.unlink(missing_ok=True)
     r = result
     qa = inputs.chi.affine
     out: dict[str, Path] = {}
@@ -1141,10 +1227,6 @@ def write_anatomy_derivatives(
         shutil.copyfile(path, tmp)
         tmp.replace(target)
         out[f"xfm_{key}"] = target
-    out["measures"] = write_json(name("measures", ".json", desc="anatomy"),
-                                 {"participant_id": f"sub-{sub}",
-                                  "session_id": f"ses-{ses}" if ses else None,
-                                  **r.measures, **prov}, add_version=True)
     # QC picture (RAS+ views)
     fig = subdir / "figures" / bids_name(sub, "qc", session=ses,
                                          entities={"desc": "anatomy"}, extension=".png")
@@ -1161,7 +1243,46 @@ def write_anatomy_derivatives(
             fig.with_name(bids_name(sub, "qc", session=ses, entities={"desc": "lesions"},
                                     extension=".png")),
             fl, les, tuple(fvs), title=fig.name.split("_desc-")[0])
+    _remove_stale_outputs(out, (folder, fig.parent), fig.name.split("_desc-")[0] + "_",
+                          sessions_beside=ses is None)
+    out["measures"] = write_json(record, {"participant_id": f"sub-{sub}",
+                                          "session_id": f"ses-{ses}" if ses else None,
+                                          **r.measures, **prov}, add_version=True)
     return out
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for ext in (".nii.gz", ".nii", ".json", ".tsv", ".mat", ".png"):
+        if name.endswith(ext):
+            return name[: -len(ext)]
+    return name
+
+
+def _remove_stale_outputs(written: dict[str, Path], folders: tuple[Path, ...],
+                          prefix: str, sessions_beside: bool) -> None:
+    """Delete the anatomy outputs of an earlier run that this run did not write again.
+
+    A rerun into the same derivatives folder with other inputs (no FLAIR now, a user's
+    lesion mask instead of the FLAIR's) would otherwise leave the earlier lesion masks,
+    tables, transforms and pictures beside the new measures. Anatomy outputs are those with
+    a ``space-`` or ``from-`` entity and the ``_qc.png`` pictures; the reconstruction's
+    files (``Chimap``, ``desc-*_mask``, field maps) have neither and are never touched, nor
+    are a session's files beside a subject's own (``sessions_beside``: ``sub-X_ses-Y_*``).
+    """
+    keep = {_stem(p) for p in written.values()}
+    for folder in folders:
+        if not folder.is_dir():
+            continue
+        for path in folder.iterdir():
+            name = path.name
+            ours = name.startswith(prefix) and ("_space-" in name or "_from-" in name
+                                                 or name.endswith("_qc.png"))
+            if sessions_beside and name.startswith(prefix + "ses-"):
+                ours = False
+            if ours and path.is_file() and _stem(path) not in keep:
+                log.info("removing %s, an output of an earlier run not made this time", path)
+                path.unlink()
 
 
 def _canonical(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -385,8 +385,10 @@ def roi_qc(
 ) -> list[str]:
     """QC flags for the thalamus and CSF reference ROIs (built-in or user-supplied).
 
-    Flags: ``thalamus_{left,right}_small`` / ``_large`` (outside
-    :data:`THALAMUS_ML_RANGE`, after vein exclusion), ``thalamus_outside_qsm`` (> 5% of the
+    Flags: ``thalamus_{left,right}_small`` / ``_large`` (the structure, inside the valid QSM
+    region, outside :data:`THALAMUS_ML_RANGE`; before the vein and CSF-rim exclusions, which
+    remove up to half of an atrophied thalamus at 2 mm and have their own flag),
+    ``thalamus_outside_qsm`` (> 5% of the
     label outside the valid QSM region: mask or registration problem),
     ``vein_fraction_high`` (more than ``max_vein_fraction`` removed as vein),
     ``csf_ref_small`` (< :data:`MIN_CSF_REF_MM3`), ``csf_ref_outside_qsm`` (any voxel outside
@@ -422,7 +424,8 @@ def roi_qc(
     flags: list[str] = []
     vox_ml = float(np.prod(vs)) / 1000.0
     lo, hi = THALAMUS_ML_RANGE
-    for side, m in (("left", thalamus.left), ("right", thalamus.right)):
+    for side, m in (("left", thalamus.left_before_veins),
+                    ("right", thalamus.right_before_veins)):
         v = float(m.sum()) * vox_ml
         if v < lo:
             flags.append(f"thalamus_{side}_small")

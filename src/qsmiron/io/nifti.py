@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import math
 import os
 import tempfile
 import zlib
@@ -84,14 +85,17 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, np.ndarray):
         return _jsonable(value.tolist())
     if isinstance(value, np.generic):
-        return value.item()
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # JSON has no NaN: a missing measure is null
     if isinstance(value, Path):
         return str(value)
     return value
 
 
 def write_json(path: str | Path, content: Mapping[str, Any], add_version: bool = False) -> Path:
-    """Write a JSON file atomically, keys in insertion order, numpy values converted.
+    """Write a JSON file atomically, keys in insertion order, numpy values converted, NaN and
+    infinite numbers as null (JSON has no NaN: a measure that could not be made).
 
     Parameters
     ----------

@@ -88,8 +88,17 @@ QC_FLAG_HELP: dict[str, str] = {
     "flair_t1w_large_motion": "FLAIR and T1w far apart (> 20 degrees or 30 mm)",
     "gd_t1w_large_motion": "post-Gd T1w and T1w far apart (> 20 degrees or 30 mm)",
     "t1w_gre_large_motion": "T1w and GRE far apart (> 20 degrees or 30 mm)",
-    "thalamus_mask_not_lateralised": "the thalamus mask is not split into left and right",
-    "enhancing_without_t2_lesions": "enhancing foci but no T2 lesion",
+    "thalamus_mask_not_lateralised": "the thalamus mask is not split into left and right "
+    "(sides taken from the segmentation's thalami where there is one)",
+    "thalamus_mask_disagrees_with_segmentation": "the user's thalamus mask overlaps the "
+    "segmentation's thalamus by less than half (Dice < 0.5): misplaced mask or failed "
+    "segmentation?",
+    "thalamus_mask_sides_swapped": "the user's left thalamus lies on the segmentation's right "
+    "(labels 10 and 49 swapped?)",
+    "lesion_mask_empty": "the user's lesion mask is empty: counted as no T2 lesion",
+    "vein_mask_empty": "the user's vein mask is empty: no vein excluded",
+    "enhancing_without_t2_lesions": "no T2 lesion mask (no FLAIR): enhancing lesions, "
+    "counted per T2 lesion, are not counted",
     "flair_thick_slices": "FLAIR slices thicker than 3 mm: small T2 lesions are missed",
     "lesion_seeds_too_faint": "some lesion seeds lie within 2 local SDs of their surroundings: "
     "not grown",
