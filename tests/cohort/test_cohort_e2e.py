@@ -1,7 +1,8 @@
 """``qsmiron run`` end to end on a simulated 2 mm cohort, through real Dask schedulers.
 
 Three subjects of the simulator's cohort (seed 7) with known truth; sub-003's second phase
-echo is truncated, as a copy interrupted mid-transfer would be. The run goes through a
+echo is truncated, as a copy interrupted mid-transfer would be; sub-002 has no post-gadolinium
+T1w (many protocols have none): it is measured, with its enhancing count left empty. The run goes through a
 ``dask scheduler`` and a ``dask worker`` started as separate processes, as on a cluster.
 A second run on a local cluster is killed mid-subject and resumed.
 
@@ -41,6 +42,8 @@ def cohort(tmp_path_factory) -> dict[str, Path]:
     phase = root / "bids" / "sub-003" / "anat" / "sub-003_echo-2_part-phase_MEGRE.nii.gz"
     data = phase.read_bytes()
     phase.write_bytes(data[: len(data) // 3])
+    for ext in (".nii.gz", ".json"):
+        (root / "bids" / "sub-002" / "anat" / f"sub-002_ce-gadolinium_T1w{ext}").unlink()
     return {"root": root, "bids": root / "bids", "truth": root / "truth" / "truth.tsv"}
 
 
@@ -91,8 +94,13 @@ def test_every_good_subject_measured_within_bounds(cohort, run) -> None:
         assert abs(row["rel_chi_ppb"] - true["rel_chi_ppb"]) <= 5.0
         assert abs(row["thalamus_volume_ml"] / true["thalamus_volume_ml"] - 1) <= 0.10
         assert abs(row["t2_lesion_volume_ml"] / true["t2_lesion_volume_ml"] - 1) <= 0.20
-        assert row["enhancing_lesion_count"] == true["enhancing_lesion_count"]
         assert row["age"] == true["age"] and row["sex"] == true["sex"]  # participants.tsv
+    assert table.loc["sub-001", "enhancing_lesion_count"] == truth.loc[
+        "sub-001", "enhancing_lesion_count"]
+    # no post-gadolinium T1w: measured all the same, the enhancing count empty and flagged
+    assert pd.isna(table.loc["sub-002", "enhancing_lesion_count"])
+    assert pd.isna(table.loc["sub-002", "enhancing_lesions"])
+    assert "no_gadolinium_t1w" in table.loc["sub-002", "qc_flags"]
 
 
 def test_corrupt_phase_fails_alone_with_a_clear_message(run) -> None:
