@@ -154,7 +154,12 @@ def test_volumes_and_lesions_close_to_truth(study) -> None:
     print(f"lesions: Dice {d:.3f}, volume {m['t2_lesion_volume_ml']:.2f} mL vs "
           f"{truth['t2_lesion_volume_ml']:.2f} mL")
     assert d >= 0.7
-    assert 1.5 <= m["cortical_thickness_mm"] <= 4.5
+    # cortical thickness against the thickness of the phantom's own cortex label (the
+    # simulator measures it with the Laplace method validated on analytic shells): the
+    # propagated-atlas and tissue-class cortex at 2 mm, within 15%
+    print(f"cortical thickness {m['cortical_thickness_mm']:.2f} mm vs "
+          f"{truth['cortical_thickness_mm']:.2f} mm")
+    assert abs(m["cortical_thickness_mm"] / truth["cortical_thickness_mm"] - 1) <= 0.15
 
 
 # ------------------------------------------------------------------------------------------

@@ -2,8 +2,9 @@
 
 Three subjects of the simulator's cohort (seed 7) with known truth; sub-003's second phase
 echo is truncated, as a copy interrupted mid-transfer would be; sub-002 has no post-gadolinium
-T1w (many protocols have none): it is measured, with its enhancing count left empty. The run goes through a
-``dask scheduler`` and a ``dask worker`` started as separate processes, as on a cluster.
+T1w (many protocols have none): it is measured, with its enhancing count left empty. The run
+goes through a ``dask scheduler`` and a ``dask worker`` started as separate processes, as on a
+cluster.
 A second run on a local cluster is killed mid-subject and resumed.
 
 Every worker runs single-threaded in both runs (ITK's multi-threaded sums depend on how the

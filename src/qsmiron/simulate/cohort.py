@@ -15,7 +15,12 @@ the earlier ones) in two layers:
    thalamic volume 14.0 +/- 2.1 mL, grey matter 607 +/- 67 mL, cortical thickness 2.40 +/- 0.16 mm.
 2. **Image level** (:func:`simulate_cohort`): each subject's targets become a head phantom and a
    simulated session written as a BIDS dataset, with the truth measured on the phantom written
-   beside it.
+   beside it. The phantom reaches the grey-matter target by thinning or thickening the cortex
+   of its template, so the table's cortical thickness is not realised: the truth is the
+   thickness of the phantom's own cortex label, measured by the Laplace method that
+   :mod:`qsmiron.anatomy.thickness` validates on shells of known thickness (3-5 mm at 2 mm
+   voxels: the template's cortex, smoother than a real one, holds the grey-matter volume in
+   less area).
 
 The log of lesion volume is the natural log of the volume in mL.
 """
@@ -262,6 +267,20 @@ _PARTICIPANTS_JSON = {
 }
 
 
+#: Labels on the outer (CSF) side of the cerebral cortex, besides the cortex itself: outside
+#: the brain, extraventricular CSF and the cerebellum (its own cortex is not measured).
+_OUTSIDE_CEREBRUM = (0, 1, 2, 3, 4, 25, 26, 27, 28)
+
+
+def _cortical_thickness_mm(labels: np.ndarray, voxel_size: np.ndarray) -> float:
+    """Mean thickness of the phantom's cerebral cortex label (Laplace, area-weighted), mm."""
+    from qsmiron.anatomy.thickness import cortical_thickness
+
+    cortex = labels == T.CORTEX
+    inner = ~cortex & ~np.isin(labels, _OUTSIDE_CEREBRUM)
+    return float(cortical_thickness(cortex, inner, tuple(voxel_size)).surface_mean_mm)
+
+
 def simulate_cohort(
     out_dir: str | Path,
     n_subjects: int,
@@ -364,11 +383,13 @@ def simulate_cohort(
         save_nifti(tdir / f"sub-{sub}_desc-local_fieldmap.nii.gz", scan.field_local, ph.affine,
                    sidecar={"Units": "ppm",
                             "Description": "field of the sources inside the brain mask"})
+        thickness = _cortical_thickness_mm(ph.labels, vs)
         truth = {
             "participant_id": row["participant_id"],
             "targets": row,
             "anatomy": asdict(params),
             **ph.truth,
+            "cortical_thickness_mm": thickness,
             "noise_sigma": scan.noise_sigma,
             "echo_times_s": list(prot.te),
             "voxel_size_mm": list(vs),
@@ -385,7 +406,7 @@ def simulate_cohort(
             "thalamus_left_volume_ml": ph.truth["thalamus_left_volume_ml"],
             "thalamus_right_volume_ml": ph.truth["thalamus_right_volume_ml"],
             "total_gm_volume_ml": ph.truth["total_gm_volume_ml"],
-            "cortical_thickness_mm": row["cortical_thickness_mm"],
+            "cortical_thickness_mm": thickness,
             "t2_lesion_volume_ml": ph.truth["t2_lesion_volume_ml"],
             "lesion_count": ph.truth["lesion_count"],
             "enhancing_lesion_count": ph.truth["enhancing_lesion_count"],
