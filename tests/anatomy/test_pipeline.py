@@ -395,6 +395,26 @@ def test_label_map_given_as_a_mask_is_a_clear_error(study, tmp_path) -> None:
     assert exc.value.path is not None and "seg_as_csf.nii.gz" in str(exc.value.path)
 
 
+def test_bad_user_masks_fail_before_the_segmentation(study, tmp_path) -> None:
+    """With the built-in segmentation (minutes on a 1 mm head), a bad user mask is refused
+    before it starts: nothing is written to its working folder."""
+    from qsmiron.anatomy.pipeline import load_anatomy_inputs
+
+    labels, aff, _ = load_nifti(study["truth"] / f"sub-{SUB}_dseg.nii.gz", dtype=None)
+    far = aff.copy()
+    far[:3, 3] += 400.0  # 40 cm away: set in its file, but nowhere on the QSM
+    for field, value in (("csf_ref_mask", Image(labels, aff, tmp_path / "dseg.nii.gz")),
+                         ("lesion_mask", Image(labels, aff, tmp_path / "dseg.nii.gz")),
+                         ("vein_mask", Image(np.isin(labels, T.VEINS), far,
+                                             tmp_path / "veins_elsewhere.nii.gz"))):
+        inp = load_anatomy_inputs(study["bids"], study["deriv"], SUB)
+        setattr(inp, field, value)
+        with pytest.raises(InputError) as exc:
+            run_anatomy(inp, tmp_path / field)
+        assert exc.value.path == value.path
+        assert not (tmp_path / field / "template").exists(), field
+
+
 def test_user_mask_values() -> None:
     """0/1, 0/255 and probability masks on and off the grid; more than one label refused."""
     from qsmiron.anatomy.pipeline import _user_mask_on

@@ -646,12 +646,31 @@ def run_anatomy(
             "with --freesurfer and both --thalamus-mask and --csf-ref-mask)")
     if inp.t1w is not None:
         _check_image(inp.t1w, "T1w")
-    # the user's QSM-space ROIs first: a bad one fails before minutes of segmentation
+    # the user's ROIs and lesion inputs first: a bad one fails before minutes of
+    # segmentation
     user_thalamus = None if inp.thalamus_mask is None else _user_thalamus(qsm, inp.thalamus_mask)
     user_csf = (None if inp.csf_ref_mask is None
                 else _user_mask_on(qsm, inp.csf_ref_mask, "CSF reference mask"))
     user_veins = (None if inp.vein_mask is None
                   else _user_mask_on(qsm, inp.vein_mask, "vein mask", allow_empty=True))
+    lesions_img: Image | None = None
+    if inp.flair is not None:
+        _check_image(inp.flair, "FLAIR")
+    if inp.lesion_seeds is not None and inp.flair is None:
+        raise InputError("lesion seeds are grown on the FLAIR, and this subject has none",
+                         inp.lesion_seeds_path)
+    if inp.lesion_seeds is not None and inp.lesion_mask is not None:
+        raise InputError("give lesion seeds or a lesion mask, not both", inp.lesion_seeds_path)
+    if inp.lesion_mask is not None:
+        grid = inp.flair if inp.flair is not None else inp.t1w
+        if grid is None:
+            raise InputError("a lesion mask needs the FLAIR or T1w it was drawn on",
+                             inp.lesion_mask.path)
+        les = _user_mask_on(grid, inp.lesion_mask, "lesion mask", allow_empty=True)
+        lesions_img = Image(les, grid.affine, inp.lesion_mask.path)
+        sources["lesions"] = f"user:{inp.lesion_mask.path}"
+        if not les.any():
+            flags.append("lesion_mask_empty")  # the rater's "no lesion": counted as zero
 
     # 1. T1w segmentation -------------------------------------------------------------------
     seg: T1Segmentation | None = None
@@ -683,30 +702,12 @@ def run_anatomy(
                       and t1 is not None and _same_grid(t1, t1_label_grid) else None))
 
     # 2. FLAIR and lesions -------------------------------------------------------------------
-    lesions_img: Image | None = None
     lesion_pv_ml: float | None = None
     lesions_t1: np.ndarray | None = None
     les_table: pd.DataFrame | None = None
     tx_fl_path: str | None = None
     lesion_grid_anatomy: tuple[np.ndarray, np.ndarray] | None = None  # labels, CSF on FLAIR
     measures: dict[str, Any] = {}
-    if inp.flair is not None:
-        _check_image(inp.flair, "FLAIR")
-    if inp.lesion_seeds is not None and inp.flair is None:
-        raise InputError("lesion seeds are grown on the FLAIR, and this subject has none",
-                         inp.lesion_seeds_path)
-    if inp.lesion_seeds is not None and inp.lesion_mask is not None:
-        raise InputError("give lesion seeds or a lesion mask, not both", inp.lesion_seeds_path)
-    if inp.lesion_mask is not None:
-        grid = inp.flair if inp.flair is not None else t1
-        if grid is None:
-            raise InputError("a lesion mask needs the FLAIR or T1w it was drawn on",
-                             inp.lesion_mask.path)
-        les = _user_mask_on(grid, inp.lesion_mask, "lesion mask", allow_empty=True)
-        lesions_img = Image(les, grid.affine, inp.lesion_mask.path)
-        sources["lesions"] = f"user:{inp.lesion_mask.path}"
-        if not les.any():
-            flags.append("lesion_mask_empty")  # the rater's "no lesion": counted as zero
     if inp.flair is not None and t1 is not None and t1_ref is not None:
         t = stage("FLAIR registration")
         fl = inp.flair
