@@ -363,9 +363,22 @@ def test_rerun_leaves_no_stale_outputs(study, tmp_path) -> None:
     assert "no_flair" in json.loads(out["measures"].read_text())["QCFlags"]
 
 
-def test_missing_t1w_is_a_clear_error(study) -> None:
+def test_missing_t1w_is_a_clear_error(study, tmp_path) -> None:
+    import shutil
+
+    from qsmiron.anatomy.pipeline import load_anatomy_inputs
+
     with pytest.raises(InputError, match="no T1w image"):
-        run_anatomy(_qsm_inputs(study), Path("/tmp/unused"))
+        run_anatomy(_qsm_inputs(study), tmp_path / "unused")
+    # read from a BIDS folder: the error names the folder searched
+    anat = tmp_path / "bids" / f"sub-{SUB}" / "anat"
+    anat.mkdir(parents=True)
+    shutil.copyfile(study["bids"] / f"sub-{SUB}" / "anat" / f"sub-{SUB}_FLAIR.nii.gz",
+                    anat / f"sub-{SUB}_FLAIR.nii.gz")
+    inp = load_anatomy_inputs(tmp_path / "bids", study["deriv"], SUB)
+    with pytest.raises(InputError, match=f"no T1w image in {anat}") as exc:
+        run_anatomy(inp, tmp_path / "work")
+    assert exc.value.path == anat
 
 
 def test_empty_user_mask_is_a_clear_error(study, tmp_path) -> None:

@@ -158,6 +158,8 @@ class AnatomyInputs:
         is grown on the FLAIR (:func:`qsmiron.anatomy.lesions.grow_lesions`).
     lesion_seeds_path : Path or None
         The file the seeds came from (provenance).
+    anat_dir : Path or None
+        The BIDS folder the structural images were looked for in (named in errors).
     """
 
     chi: Image
@@ -174,6 +176,7 @@ class AnatomyInputs:
     vein_mask: Image | None = None
     lesion_seeds: np.ndarray | None = None
     lesion_seeds_path: Path | None = None
+    anat_dir: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -641,9 +644,11 @@ def run_anatomy(
     r2s = inp.r2star.data.astype(np.float32)
     need_t1 = inp.thalamus_mask is None or inp.csf_ref_mask is None or inp.freesurfer is None
     if inp.t1w is None and need_t1:
+        where = "" if inp.anat_dir is None else f" in {inp.anat_dir}"
         raise InputError(
-            "no T1w image: the built-in segmentation needs one (or give a FreeSurfer subject "
-            "with --freesurfer and both --thalamus-mask and --csf-ref-mask)")
+            f"no T1w image{where}: the built-in segmentation needs one (or give a FreeSurfer "
+            "subject with --freesurfer and both --thalamus-mask and --csf-ref-mask)",
+            inp.anat_dir)
     if inp.t1w is not None:
         _check_image(inp.t1w, "T1w")
     # the user's ROIs and lesion inputs first: a bad one fails before minutes of
@@ -1071,6 +1076,7 @@ def load_anatomy_inputs(
         t1w=_optional_anat(bids, sub, "T1w", ses),
         flair=_optional_anat(bids, sub, "FLAIR", ses),
         t1w_gd=_optional_anat(bids, sub, "T1w", ses, {"ce": gd_entity}),
+        anat_dir=bids / f"sub-{sub}" / (f"ses-{ses}" if ses else "") / "anat",
     )
     if freesurfer is not None and synthseg is not None:
         raise InputError("give either a FreeSurfer subject or a SynthSeg label map, not both")
