@@ -1250,44 +1250,43 @@ def write_anatomy_derivatives(
             fig.with_name(bids_name(sub, "qc", session=ses, entities={"desc": "lesions"},
                                     extension=".png")),
             fl, les, tuple(fvs), title=fig.name.split("_desc-")[0])
-    _remove_stale_outputs(out, (folder, fig.parent), fig.name.split("_desc-")[0] + "_",
-                          sessions_beside=ses is None)
+    _remove_stale_outputs(out, (folder, fig.parent), sub, ses)
     out["measures"] = write_json(record, {"participant_id": f"sub-{sub}",
                                           "session_id": f"ses-{ses}" if ses else None,
                                           **r.measures, **prov}, add_version=True)
     return out
 
 
-def _stem(path: Path) -> str:
-    name = path.name
-    for ext in (".nii.gz", ".nii", ".json", ".tsv", ".mat", ".png"):
-        if name.endswith(ext):
-            return name[: -len(ext)]
-    return name
-
-
-def _remove_stale_outputs(written: dict[str, Path], folders: tuple[Path, ...],
-                          prefix: str, sessions_beside: bool) -> None:
+def _remove_stale_outputs(written: dict[str, Path], folders: tuple[Path, ...], subject: str,
+                          session: str | None) -> None:
     """Delete the anatomy outputs of an earlier run that this run did not write again.
 
     A rerun into the same derivatives folder with other inputs (no FLAIR now, a user's
     lesion mask instead of the FLAIR's) would otherwise leave the earlier lesion masks,
-    tables, transforms and pictures beside the new measures. Anatomy outputs are those with
-    a ``space-`` or ``from-`` entity and the ``_qc.png`` pictures; the reconstruction's
-    files (``Chimap``, ``desc-*_mask``, field maps) have neither and are never touched, nor
-    are a session's files beside a subject's own (``sessions_beside``: ``sub-X_ses-Y_*``).
+    tables, transforms and pictures beside the new measures. Anatomy outputs are the
+    subject's (and session's) BIDS files with a ``space`` or ``from`` entity and the ``qc``
+    pictures; the reconstruction's files (``Chimap``, ``desc-*_mask``, field maps) have
+    neither and are never touched, nor are another session's files.
     """
-    keep = {_stem(p) for p in written.values()}
+    from qsmiron.io.bids import parse_bids_name
+
+    def stem(path: Path) -> str | None:
+        """The name without its extension, for the files of this subject and session."""
+        parsed = parse_bids_name(path)
+        if parsed is None or parsed[0].get("sub") != subject or parsed[0].get("ses") != session:
+            return None
+        return path.name[: len(path.name) - len(parsed[2])]
+
+    keep = {stem(p) for p in written.values()}
     for folder in folders:
         if not folder.is_dir():
             continue
         for path in folder.iterdir():
-            name = path.name
-            ours = name.startswith(prefix) and ("_space-" in name or "_from-" in name
-                                                 or name.endswith("_qc.png"))
-            if sessions_beside and name.startswith(prefix + "ses-"):
-                ours = False
-            if ours and path.is_file() and _stem(path) not in keep:
+            parsed = parse_bids_name(path)
+            ours = parsed is not None and ({"space", "from"} & parsed[0].keys()
+                                           or parsed[1] == "qc")
+            name = stem(path) if ours and path.is_file() else None
+            if name is not None and name not in keep:
                 log.info("removing %s, an output of an earlier run not made this time", path)
                 path.unlink()
 

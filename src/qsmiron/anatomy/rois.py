@@ -388,8 +388,8 @@ def roi_qc(
     Flags: ``thalamus_{left,right}_small`` / ``_large`` (the structure, inside the valid QSM
     region, outside :data:`THALAMUS_ML_RANGE`; before the vein and CSF-rim exclusions, which
     remove up to half of an atrophied thalamus at 2 mm and have their own flag),
-    ``thalamus_outside_qsm`` (> 5% of the
-    label outside the valid QSM region: mask or registration problem),
+    ``thalamus_outside_qsm`` (> 5% of the label outside the valid QSM region: mask or
+    registration problem),
     ``vein_fraction_high`` (more than ``max_vein_fraction`` removed as vein),
     ``csf_ref_small`` (< :data:`MIN_CSF_REF_MM3`), ``csf_ref_outside_qsm`` (any voxel outside
     the QSM mask), ``csf_ref_high_r2star`` (median R2* above ``r2star_max``: tissue or choroid
