@@ -132,6 +132,26 @@ def test_thalamus_vein_and_csf_rims_excluded() -> None:
     assert roi0.outside_qsm_fraction == 0.0
 
 
+def test_thalamus_leaving_the_qsm_region_is_measured_and_flagged(scene) -> None:
+    """A QSM slab that ends inside the thalami (thin-slab GRE, or a mask eroded at the edge of
+    the field of view): the fraction left out is the count of label voxels beyond the valid
+    region, and more than 5% of it is flagged."""
+    labels, r2s, mask, _ = scene
+    thal_l, thal_r = labels == 10, labels == 49
+    z = np.indices(labels.shape)[2]
+    z_cut = int(np.median(z[thal_l | thal_r]))
+    slab = mask & (z < z_cut)
+    roi = thalamus_roi(thal_l, thal_r, None, slab, 1.0)
+    beyond = (thal_l | thal_r) & ~slab
+    assert 0.3 < beyond.sum() / (thal_l | thal_r).sum() < 0.7  # the cut is through the thalami
+    assert roi.outside_qsm_fraction == pytest.approx(beyond.sum() / (thal_l | thal_r).sum())
+    assert not ((roi.left | roi.right) & ~slab).any()
+    assert "thalamus_outside_qsm" in roi_qc(roi, np.zeros_like(mask), r2s, slab, 1.0)
+    whole = thalamus_roi(thal_l, thal_r, None, mask, 1.0)
+    assert whole.outside_qsm_fraction == 0.0
+    assert "thalamus_outside_qsm" not in roi_qc(whole, np.zeros_like(mask), r2s, mask, 1.0)
+
+
 def test_bad_inputs() -> None:
     a = np.zeros((10, 10, 10), bool)
     with pytest.raises(InputError, match="QSM grid"):

@@ -954,6 +954,7 @@ def run_anatomy(
         measures[f"{name}_rel_chi_ppb"] = ppb * (_mean(chi, roi) - csf_chi)
     measures["vein_fraction_excluded"] = thal.vein_fraction_excluded
     measures["csf_rim_fraction_excluded"] = thal.csf_rim_fraction
+    measures["thalamus_outside_qsm_fraction"] = thal.outside_qsm_fraction
     measures["csf_ref_volume_mm3"] = float(csf.sum() * np.prod(vs_q))
     if ref is not None:
         for side, d in ref.sides.items():

@@ -97,6 +97,9 @@ MEASURES: dict[str, dict[str, str]] = {
                                "Units": "1"},
     "csf_rim_fraction_excluded": {"Description": "fraction of the thalamus left out as CSF "
                                                  "partial-volume rim", "Units": "1"},
+    "thalamus_outside_qsm_fraction": {
+        "Description": "fraction of the thalamus outside the valid QSM region (not measured; "
+                       "flagged thalamus_outside_qsm above 0.05)", "Units": "1"},
     "csf_ref_volume_mm3": {"Description": "volume of the CSF reference ROIs", "Units": "mm^3"},
     "qc_flags": {"Description": "QC flags, ';'-separated (see docs/anatomy.md); empty if none"},
     "error": {"Description": "error message of a failed subject"},

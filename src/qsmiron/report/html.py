@@ -133,6 +133,7 @@ _SUBJECT_GROUPS: tuple[tuple[str, tuple[tuple[str, int], ...]], ...] = (
         ("enhancing_lesions", 0))),
     ("Regions of interest", (
         ("vein_fraction_excluded", 3), ("csf_rim_fraction_excluded", 3),
+        ("thalamus_outside_qsm_fraction", 3),
         ("csf_ref_volume_mm3", 0), ("csf_ref_left_centre_mm", 1),
         ("csf_ref_right_centre_mm", 1))),
 )
