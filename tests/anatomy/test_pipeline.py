@@ -132,6 +132,10 @@ def test_thalamic_susceptibility_with_veins_excluded(study) -> None:
     assert abs(m["rel_chi_ppb"] - truth["rel_chi_ppb"]) <= 5.0, (m["rel_chi_ppb"],
                                                                  truth["rel_chi_ppb"])
     assert m["rel_chi_ppb"] == pytest.approx(m["thalamus_chi_ppb"] - m["csf_ref_chi_ppb"])
+    # the simulated GRE images the whole head: no thalamus voxel lies beyond the QSM region,
+    # and the coverage flag stays down
+    assert m["thalamus_outside_qsm_fraction"] == 0.0
+    assert "thalamus_outside_qsm" not in m["qc_flags"].split(";")
 
 
 def test_enhancing_lesions_counted_exactly(study) -> None:
