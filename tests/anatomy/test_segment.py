@@ -6,9 +6,12 @@ the propagated template's in a known way.
 
 from __future__ import annotations
 
-import numpy as np
+import tempfile
 
-from qsmiron.anatomy.segment import VENTRICLES, _assemble
+import numpy as np
+from scipy import ndimage as ndi
+
+from qsmiron.anatomy.segment import VENTRICLES, _assemble, _atropos
 
 
 def test_wide_third_ventricle_is_not_thalamus() -> None:
@@ -46,3 +49,25 @@ def test_wide_third_ventricle_is_not_thalamus() -> None:
     assert np.isin(lab[true_vent], VENTRICLES).all()
     assert np.count_nonzero(lab == 10) == np.count_nonzero(true_thal & (x < 30))
     assert np.count_nonzero(lab == 49) == np.count_nonzero(true_thal & (x >= 30))
+
+
+def test_tissue_classes_leave_no_files_in_the_temp_folder(tmp_path, monkeypatch) -> None:
+    """Atropos on a three-tissue block: classes right, and nothing left in the temp folder.
+
+    antspyx's wrapper writes priors and posteriors to the system temp folder and never removes
+    them (three images per subject of a cohort run). Truth by construction: CSF, GM and WM
+    slabs of known intensity with priors that are the slabs blurred by 2 voxels.
+    """
+    system_tmp = tmp_path / "tmp"
+    system_tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(system_tmp))
+    shape = (24, 24, 24)
+    x = np.arange(shape[0])[:, None, None] * np.ones(shape)
+    truth = [x < 8, (x >= 8) & (x < 16), x >= 16]  # CSF, GM, WM
+    t1w = np.select(truth, [0.1, 0.5, 0.8]).astype(np.float32)
+    t1w += np.random.default_rng(2).normal(0.0, 0.03, shape).astype(np.float32)
+    priors = [ndi.gaussian_filter(t.astype(np.float32), 2.0) for t in truth]
+    post = _atropos(t1w, np.diag([2.0, 2.0, 2.0, 1.0]), np.ones(shape, bool), priors, 0.25)
+    winner = np.argmax(np.stack([post["csf"], post["gm"], post["wm"]]), axis=0)
+    assert (winner == np.select(truth, [0, 1, 2])).mean() >= 0.99
+    assert list(system_tmp.iterdir()) == []

@@ -30,6 +30,9 @@ grey nuclei counted whole but for their CSF (they lie between grey and white mat
 from __future__ import annotations
 
 import logging
+import sys
+import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -154,6 +157,31 @@ def _is_skull_stripped(img: np.ndarray, vs: np.ndarray) -> bool:
     return vol_l < 2.2 and outside_zero > 0.3
 
 
+
+_ATROPOS_LOCK = threading.Lock()
+
+
+def _run_atropos(ants: Any, **kwargs: Any) -> dict[str, Any]:
+    """``ants.atropos`` with its prior and posterior images kept out of the system temp folder.
+
+    antspyx writes the prior probability images, and Atropos its posteriors, to
+    ``tempfile.mktemp()`` names in the system temp folder and never deletes them: three images
+    per subject, left behind on every node of a cohort run. Here the wrapper's name generator
+    points into a private folder that is removed once the posteriors are read back (they are
+    in memory). The lock keeps two threads of one worker from swapping it at the same time.
+    """
+    module = sys.modules[ants.atropos.__module__]
+    if not callable(getattr(module, "mktemp", None)):  # another antspyx layout: call as is
+        return ants.atropos(**kwargs)
+    with _ATROPOS_LOCK, tempfile.TemporaryDirectory(prefix="qsmiron-atropos-") as folder:
+        original = module.mktemp
+        module.mktemp = lambda *a, **kw: tempfile.mktemp(*a, **{**kw, "dir": folder})
+        try:
+            return ants.atropos(**kwargs)
+        finally:
+            module.mktemp = original
+
+
 def _atropos(
     t1w: np.ndarray,
     affine: np.ndarray,
@@ -187,7 +215,7 @@ def _atropos(
     msk = grid(m_b.astype(np.float32))
     msk = msk.new_image_like((msk.numpy() >= 0.5).astype(np.float32))
     pri = [grid(p[box]) for p in priors]
-    out = ants.atropos(a=img, x=msk, i=pri, m="[0.1,1x1x1]", c="[5,0]", r=0,
+    out = _run_atropos(ants, a=img, x=msk, i=pri, m="[0.1,1x1x1]", c="[5,0]", r=0,
                        priorweight=prior_weight)
     post = []
     for p in out["probabilityimages"]:
