@@ -33,9 +33,11 @@ def _baseline(t1w_path: Path) -> float:
     ants = reg._ants()
     data, aff, _ = load_nifti(t1w_path)
     img = reg.to_ants(data, aff)
-    t0 = time.perf_counter()
-    ants.registration(fixed=img, moving=img, type_of_transform="Rigid")
-    return time.perf_counter() - t0
+    with tempfile.TemporaryDirectory() as work:  # its transform file, not left in /tmp
+        t0 = time.perf_counter()
+        ants.registration(fixed=img, moving=img, type_of_transform="Rigid",
+                          outprefix=str(Path(work) / "baseline_"))
+        return time.perf_counter() - t0
 
 
 def _accuracy(res, truth_dir: Path) -> None:
