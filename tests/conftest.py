@@ -3,11 +3,38 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 
 from qsmiron.cli import main
 from qsmiron.simulate.cohort import simulate_cohort
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars and arrays (also inside dicts, lists, tuples) as plain Python values."""
+    if isinstance(value, np.generic | np.ndarray):
+        return value.tolist()
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_plain(v) for v in value)
+    return value
+
+
+@pytest.fixture
+def record_property(request) -> Any:
+    """pytest's ``record_property``, with numpy values made plain Python values first.
+
+    The figures the tests record (Dice, errors in ppb, NRMSE) are numpy scalars; test reports
+    travel between processes (pytest-xdist workers), which serialise plain types only.
+    """
+
+    def record(name: str, value: Any) -> None:
+        request.node.user_properties.append((name, _plain(value)))
+
+    return record
 
 
 @pytest.fixture(scope="session")
