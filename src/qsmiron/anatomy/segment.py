@@ -157,7 +157,6 @@ def _is_skull_stripped(img: np.ndarray, vs: np.ndarray) -> bool:
     return vol_l < 2.2 and outside_zero > 0.3
 
 
-
 _ATROPOS_LOCK = threading.Lock()
 
 
