@@ -179,6 +179,7 @@ from scipy.sparse.csgraph import connected_components
 from skimage.filters import threshold_otsu
 
 from qsmiron import _checks
+from qsmiron._distance import depth_mm
 from qsmiron.anatomy._smooth import robust_sd, smooth_ratio
 from qsmiron.errors import InputError
 
@@ -615,7 +616,7 @@ def enhancing_lesions(
     t2 = np.where(brain, t2_full[sl], 0).astype(np.int32)
     vox_mm3 = float(np.prod(vs))
     # depth below the brain surface, mm (padded: a mask touching the array edge ends there)
-    depth = ndi.distance_transform_edt(np.pad(brain, 1), sampling=vs)[1:-1, 1:-1, 1:-1]
+    depth = depth_mm(np.pad(brain, 1), vs)[1:-1, 1:-1, 1:-1]
 
     # ---- tissue classes of the (bias-flattened) pre-contrast T1w ----------------------------
     bias, csf_th, wm_th = _tissue_classes(pre, brain, vs, bias_sigma_mm)

@@ -287,6 +287,7 @@ from scipy import ndimage as ndi
 from skimage.filters import threshold_multiotsu
 
 from qsmiron import _checks
+from qsmiron._distance import depth_mm, within_mm
 from qsmiron.anatomy._smooth import MAD_TO_SD, robust_sd, smooth_ratio
 from qsmiron.errors import InputError
 
@@ -613,13 +614,6 @@ def _t1_classes(
     return wm, gm, t1c
 
 
-def _near(mask: np.ndarray, distance_mm: float, vs: np.ndarray) -> np.ndarray:
-    """Voxels within ``distance_mm`` of ``mask`` (the mask itself included)."""
-    if not mask.any():
-        return mask
-    return ndi.distance_transform_edt(~mask, sampling=vs) <= distance_mm
-
-
 def _shell_fraction(
     labels: np.ndarray, n: int, footprint: np.ndarray, *masks: np.ndarray
 ) -> tuple[np.ndarray, ...]:
@@ -884,7 +878,7 @@ def segment_lesions(
         wm = brain & (priors["wm_prior"][sl] >= 0.5)
         diag["reference"] = "wm_prior"
     else:
-        depth0 = ndi.distance_transform_edt(brain, sampling=vs)
+        depth0 = depth_mm(brain, vs)
         wm = depth0 > 8.0
         diag["reference"] = "deep-brain (no T1w / wm_prior)"
         log.warning(
@@ -905,6 +899,9 @@ def segment_lesions(
     if t1c is not None:
         t1_mode, t1_sd = _peak_stats(t1c[wm])
 
+    # the cortical mantle within the registration tolerance of the atlas labels
+    near_mantle = None if lab is None else within_mm(np.isin(lab, _MANTLE), cortex_margin_mm, vs)
+
     # ---- bias correction ---------------------------------------------------------------------
     if wm_smooth:
         # grey-matter sample: not touching CSF or the brain's edge (such a voxel shares its
@@ -916,7 +913,7 @@ def segment_lesions(
         if gm is not None and csf_t is not None:
             gm_bias = gm & ~ndi.binary_dilation(csf_t | ~brain, structure=_STRUCT6)
         if gm_bias is not None and lab is not None:
-            gm_bias = gm_bias & _near(np.isin(lab, _MANTLE), cortex_margin_mm, vs)
+            gm_bias = gm_bias & near_mantle
         f = f / _tissue_bias_field(f, nawm, wm, gm_bias, vs, bias_sigma_mm)
     f = np.where(brain, f, 0.0).astype(np.float32)
 
@@ -951,7 +948,6 @@ def segment_lesions(
             # tolerance, deep nuclei, periaqueductal grey, hypothalamus; all FLAIR-brighter
             # than white matter), grey-matter-class voxels are judged against normal grey
             # matter: bright cortex is not a lesion, a juxtacortical lesion still is
-            near_mantle = _near(np.isin(lab, _MANTLE), cortex_margin_mm, vs)
             gm_zone = gm & (near_mantle | np.isin(lab, _DEEP))
             z = np.where(gm_zone, np.minimum(z, z_gm), z)
             # brainstem, cerebellar white matter and ventral diencephalon mix tracts and nuclei
@@ -984,7 +980,7 @@ def segment_lesions(
         # hippocampus and amygdala: grey matter with a FLAIR signal above that of neocortex;
         # their grey-matter-class voxels (and the registration margin around them) are never
         # white-matter lesions
-        near_limbic = _near(np.isin(lab, _LIMBIC), cortex_margin_mm, vs)
+        near_limbic = within_mm(np.isin(lab, _LIMBIC), cortex_margin_mm, vs)
         territory &= ~(gm & near_limbic)
         diag["limbic_excluded_ml"] = float(
             np.count_nonzero(gm & near_limbic) * np.prod(vs) / 1000.0
@@ -1027,7 +1023,7 @@ def segment_lesions(
         if seeds is not None:
             no_seed = np.bincount(labels_c[seeds], minlength=n + 1)[1:] == 0
 
-        depth = ndi.distance_transform_edt(brain, sampling=vs)
+        depth = depth_mm(brain, vs)
         surface = np.asarray(ndi.maximum(depth, labels_c, index=idx)) <= surface_distance_mm
 
         # CSF: dark on FLAIR (well below NAWM), the CSF tissue class, or outside the brain
@@ -1067,7 +1063,7 @@ def segment_lesions(
     # 1 x 1 x 3 mm FLAIR and 3.6 mm across those of the study's 0.6 x 0.6 x 1.2 mm one)
     n_grow = int(round(edge_growth_mm / float(vs.min())))
     if n_grow > 0 and mask_c.any():
-        reach = _near(mask_c, edge_growth_mm + 1e-6, vs)
+        reach = within_mm(mask_c, edge_growth_mm + 1e-6, vs)
         mask_c = ndi.binary_dilation(
             mask_c, structure=_STRUCT6, iterations=n_grow,
             mask=territory & (z > k_edge) & reach,
@@ -1198,7 +1194,7 @@ def lesion_table(
             return inside / np.maximum(voxels, 1)
 
         def touches(region: np.ndarray) -> np.ndarray:
-            near = _near(region, contact_mm + 1e-6, vs)
+            near = within_mm(region, contact_mm + 1e-6, vs)
             return np.bincount(lab[near], minlength=n + 1)[1:] > 0
 
         ventricles = np.isin(anat, _LATERAL_VENTRICLES)
@@ -1207,7 +1203,7 @@ def lesion_table(
             if csf.shape != shape:
                 raise InputError(f"csf_prior has shape {csf.shape}, expected {shape}")
             if ventricles.any():
-                ventricles |= (csf >= 0.5) & _near(ventricles, _VENTRICLE_CSF_MM, vs)
+                ventricles |= (csf >= 0.5) & within_mm(ventricles, _VENTRICLE_CSF_MM, vs)
         rules = (
             share(_INFRATENTORIAL) >= 0.5,
             touches(ventricles),
@@ -1492,7 +1488,7 @@ def grow_lesions(
             continue
         rim_th = max(half, bg + k_edge * sd)
         if n_grow > 0 and rim_th < core_th:
-            reach = _near(core, edge_growth_mm + 1e-6, vs)
+            reach = within_mm(core, edge_growth_mm + 1e-6, vs)
             core = ndi.binary_dilation(core, structure=_STRUCT6, iterations=n_grow,
                                        mask=(fb >= rim_th) & reach)
         row.update(threshold=float(core_th), voxels=int(np.count_nonzero(core)))

@@ -37,6 +37,7 @@ import pandas as pd
 from scipy import ndimage as ndi
 
 from qsmiron import _checks
+from qsmiron._distance import depth_mm
 from qsmiron.anatomy import register as reg
 from qsmiron.anatomy.enhancing import enhancing_lesions
 from qsmiron.anatomy.freesurfer import ExternalSegmentation
@@ -399,8 +400,8 @@ def _thalamus_mask_check(left: np.ndarray, right: np.ndarray, lateralised: bool,
         if swapped > same:
             flags.append("thalamus_mask_sides_swapped")
     else:
-        d_l = ndi.distance_transform_edt(~seg_l, sampling=voxel_size)
-        d_r = ndi.distance_transform_edt(~seg_r, sampling=voxel_size)
+        d_l = depth_mm(~seg_l, voxel_size)
+        d_r = depth_mm(~seg_r, voxel_size)
         left, right = user & (d_l <= d_r), user & (d_l > d_r)
         found["sides"] = "split by the segmentation's thalami"
     return left, right, found

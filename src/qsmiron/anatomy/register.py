@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import ndimage as ndi
 
+from qsmiron._distance import depth_mm
 from qsmiron.errors import InputError, QsmironError
 from qsmiron.recon.mask import head_mask as _head_mask
 
@@ -568,7 +568,7 @@ def register_template(
     head_overlap = float(np.count_nonzero(brain_aff & head) / max(int(brain_aff.sum()), 1))
     subj_brain = np.where(brain_aff, t1w, 0.0).astype(np.float32)
     warped_aff = resample(tpl_brain, template_affine, t1w.shape, affine, [affine_tx])
-    core = ndi.distance_transform_edt(brain_aff, sampling=vs) > 4.0
+    core = depth_mm(brain_aff, vs) > 4.0
     affine_similarity = _rank_correlation(warped_aff[core], np.asarray(t1w)[core])
     info["affine_similarity"] = affine_similarity
     info["head_overlap"] = head_overlap
@@ -596,7 +596,7 @@ def register_template(
     warped = resample(tpl_brain, template_affine, t1w.shape, affine, transforms)
     brain = resample(tb.astype(np.float32), template_affine, t1w.shape, affine,
                      transforms) >= 0.5
-    core = ndi.distance_transform_edt(brain, sampling=vs) > 4.0
+    core = depth_mm(brain, vs) > 4.0
     similarity = _rank_correlation(warped[core], np.asarray(t1w)[core])
     info["similarity"] = similarity
     log.info("template registration: affine %.1f s, SyN %.1f s, correlation %.3f",

@@ -30,6 +30,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from qsmiron import _checks
+from qsmiron._distance import depth_mm
 from qsmiron.anatomy.veins import exclude_veins
 from qsmiron.errors import InputError
 
@@ -227,7 +228,7 @@ def csf_reference_roi(
     for side, vent, search in (("left", ventricle_left, search_left),
                                ("right", ventricle_right, search_right)):
         csf = (np.asarray(vent, np.float32) >= 0.5) & qsm & (r2s < r2star_max)
-        depth = ndi.distance_transform_edt(csf, sampling=vs)
+        depth = depth_mm(csf, vs)
         cand = csf if method == "ventricles" else csf & np.asarray(search, bool)
         if not cand.any():
             flags.append(f"csf_ref_{side}_missing")

@@ -43,6 +43,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from qsmiron import _checks
+from qsmiron._distance import depth_mm
 from qsmiron.anatomy import register as reg
 from qsmiron.anatomy._smooth import robust_sd
 from qsmiron.anatomy.atlas import ATLAS_SPACE, load_atlas, tissue_priors
@@ -262,8 +263,8 @@ def _refine_thalamus(lab: np.ndarray, thal: int, t1w: np.ndarray, tissue: np.nda
     box = _checks.bounding_box(lab == thal, np.ceil((3 * THALAMUS_BAND_MM + 4.0) / vs).astype(int))
     lab, t1w, tissue, p_csf, brain = lab[box], t1w[box], tissue[box], p_csf[box], brain[box]
     t = lab == thal
-    d_in = ndi.distance_transform_edt(t, sampling=vs)
-    d_out = ndi.distance_transform_edt(~t, sampling=vs)
+    d_in = depth_mm(t, vs)
+    d_out = depth_mm(~t, vs)
     core = t & (d_in > THALAMUS_BAND_MM)
     shell = ~t & brain & (d_out > THALAMUS_BAND_MM) & (d_out <= 3 * THALAMUS_BAND_MM + 2.0) \
         & (tissue == 2) & ((lab == 0) | np.isin(lab, (2, 41)))
@@ -335,7 +336,7 @@ def _assemble(
         now_vent = np.isin(lab, VENTRICLES)
         for thal in (10, 49):
             t = lab == thal
-            core = t & (ndi.distance_transform_edt(t, sampling=vs) > THALAMUS_BAND_MM)
+            core = t & (depth_mm(t, vs) > THALAMUS_BAND_MM)
             if np.count_nonzero(core) < 20:
                 continue
             m_thal = float(np.median(t1w[core]))
@@ -620,7 +621,7 @@ def segment_t1w(
     med = float(np.median(ref))
     sd = robust_sd(ref)
     bright = brain & (corrected > med + BRIGHT_K * max(sd, 1e-6 * abs(med)))
-    depth = ndi.distance_transform_edt(brain, sampling=vs)
+    depth = depth_mm(brain, vs)
     brain &= ~(bright & (depth <= BRIGHT_EDGE_MM))
     info["bright_excluded_ml"] = float(bright.sum() * np.prod(vs) / 1000.0)
     probs = _atropos(corrected, aff, brain & ~bright, priors, prior_weight)

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from qsmiron._distance import depth_mm
 from qsmiron.errors import InputError
 
 __all__ = ["ThicknessResult", "cortical_thickness"]
@@ -106,7 +107,7 @@ def _crop(gm: np.ndarray, wm: np.ndarray) -> tuple[tuple[slice, ...], np.ndarray
 def _buried_sulci(gm: np.ndarray, wm: np.ndarray, vs: np.ndarray) -> np.ndarray:
     """Grey-matter voxels on a ridge of the white-matter distance, away from the outer side."""
     cube = np.ones((3, 3, 3), dtype=bool)
-    d_wm = ndimage.distance_transform_edt(~wm, sampling=vs).astype(np.float32)
+    d_wm = depth_mm(~wm, vs)
     near_out = ndimage.binary_dilation(~(gm | wm), cube)
     local_max = ndimage.maximum_filter(np.where(gm, d_wm, 0.0), footprint=cube)
     return gm & ~near_out & (d_wm >= local_max) & (d_wm > float(vs.max()))
@@ -333,8 +334,8 @@ def cortical_thickness(
     flat, nb = _neighbours(gm_c, wm_c)
     n = flat.size
 
-    d_wm = ndimage.distance_transform_edt(~wm_c, sampling=vs).astype(np.float32)
-    d_out = ndimage.distance_transform_edt(~out_c, sampling=vs).astype(np.float32)
+    d_wm = depth_mm(~wm_c, vs)
+    d_out = depth_mm(~out_c, vs)
 
     if method == "distance":
         g = _gradient_at(d_wm - d_out, flat, vs)

@@ -24,6 +24,7 @@ from scipy import ndimage
 from skimage.filters import frangi
 
 from qsmiron import _checks
+from qsmiron._distance import depth_mm, within_mm
 from qsmiron.errors import InputError
 
 __all__ = ["exclude_veins", "vein_mask"]
@@ -189,10 +190,10 @@ def vein_mask(
     # radius max_radius_mm; what survives the opening is too thick to be a vein
     para_abs = mask & ((chi - np.median(chi[mask])) > chi_threshold_ppm)
     if para_abs.any():
-        core = ndimage.distance_transform_edt(para_abs, sampling=vs) > max_radius_mm
+        core = depth_mm(para_abs, vs) > max_radius_mm
         if core.any():
             reach = max_radius_mm + 0.5 * float(vs.max())
-            veins &= ndimage.distance_transform_edt(~core, sampling=vs) > reach
+            veins &= ~within_mm(core, reach, vs)
 
     if min_size_mm3 > 0 and veins.any():
         lab, n = ndimage.label(veins, structure=np.ones((3, 3, 3), bool))
@@ -256,7 +257,7 @@ def exclude_veins(
     if dilate_mm < 0:
         raise InputError(f"dilate_mm must be >= 0, found {dilate_mm}")
     if dilate_mm > 0 and vn.any():
-        grown = ndimage.distance_transform_edt(~vn, sampling=vs) <= dilate_mm
+        grown = within_mm(vn, dilate_mm, vs)
     else:
         grown = vn
     kept = roi & ~grown

@@ -27,6 +27,7 @@ from scipy import ndimage as ndi
 from scipy.spatial import cKDTree
 
 from qsmiron import _checks
+from qsmiron._distance import depth_mm, within_mm
 from qsmiron.errors import InputError
 from qsmiron.recon.multiecho import combine_magnitude, r2star_map
 
@@ -387,9 +388,10 @@ def head_mask(image: np.ndarray, voxel_size: Sequence[float] | float = 1.0) -> n
     sample = img[:: max(1, img.shape[0] // 64), :: max(1, img.shape[1] // 64)].ravel()
     otsu = float(threshold_otsu(sample))
     fg = largest_component(apply_hysteresis_threshold(img, HEAD_HYSTERESIS * otsu, otsu))
-    r = np.maximum(np.rint(4.0 / vs).astype(int), 1)
-    ball = np.sum(((np.indices(2 * r + 1).T - r) * vs) ** 2, axis=-1).T <= 16.0
-    fg = ndi.binary_closing(np.pad(fg, r[:, None]), structure=ball)
+    # closing by a 4 mm ball, as two distance transforms (exact, 4x faster than the ball's
+    # dilation and erosion at 1 mm), on a margin so that the head may close beyond the edge
+    r = np.maximum(np.ceil(4.0 / vs).astype(int), 1)
+    fg = depth_mm(within_mm(np.pad(fg, r[:, None]), 4.0, vs), vs) > 4.0 * (1.0 + 1e-5)
     fg = fg[r[0]:-r[0], r[1]:-r[1], r[2]:-r[2]]
     fg = _fill_holes(fg)
     for axis in range(3):
@@ -439,7 +441,7 @@ def _refine(img: np.ndarray, inside: np.ndarray, vsz: np.ndarray, step_ratio: fl
     inside_b = inside[box]
     # intensity refinement against the local brain intensity
     sig = 5.0 / vsz
-    depth = ndi.distance_transform_edt(inside_b, sampling=vsz)
+    depth = depth_mm(inside_b, vsz)
     dark = (depth < 6.0) & (img_b < 0.5 * _local_mean(img_b, inside_b, sig, factor))
     mask = inside_b & ~dark
     excluded = dark
@@ -641,7 +643,7 @@ def brain_mask(
 
     mask = _refine(img, inside, vsz, float(peel_ratio), factor)
     if erode_mm > 0:
-        mask &= ndi.distance_transform_edt(mask, sampling=vsz) > erode_mm
+        mask &= depth_mm(mask, vsz) > erode_mm
     if not mask.any():
         raise InputError(f"the brain mask is empty after erosion by {erode_mm} mm")
     if check:
@@ -719,7 +721,7 @@ def csf_mask(
     vsz = _checks.voxel_size_mm(voxel_size)
     if not r2star_max > 0:
         raise InputError(f"r2star_max must be positive (1/s), found {r2star_max}")
-    depth = ndi.distance_transform_edt(m, sampling=vsz)
+    depth = depth_mm(m, vsz)
     low = m & (r2 < r2star_max)
     cross = ndi.generate_binary_structure(3, 1)
     opened = ndi.binary_opening(low, structure=cross)
