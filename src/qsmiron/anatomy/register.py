@@ -466,6 +466,9 @@ class TemplateRegistration:
         The template's posterior direction (-y) in the subject's world (RAS) coordinates.
     info : dict
         Stage times and parameters.
+    brain : (X, Y, Z) bool ndarray, optional
+        The template's brain mask on the subject's grid (through ``transforms``, at least half
+        inside), as the similarity check used it.
     """
 
     transforms: list[Path]
@@ -475,6 +478,7 @@ class TemplateRegistration:
     similarity: float
     posterior_dir: np.ndarray
     info: dict[str, Any] = field(default_factory=dict)
+    brain: np.ndarray | None = None
 
 
 def _on_grid(data: np.ndarray, affine: np.ndarray, voxel_mm: float) -> Any:
@@ -608,4 +612,4 @@ def register_template(
     post /= np.linalg.norm(post)
     info["posterior_dir"] = [round(float(v), 4) for v in post]
     return TemplateRegistration(transforms, inverse, [affine_tx], head_overlap, similarity, post,
-                                info)
+                                info, brain)

@@ -597,8 +597,9 @@ def segment_t1w(
     hemi = reg.resample(_hemisphere(atlas.affine, atlas.t1.shape), atlas.affine, img.shape,
                         aff, tr.transforms, interpolation="nearestNeighbor")
     if brain_mask is None:
-        brain = reg.resample(atlas.brain_mask.astype(np.float32), atlas.affine, img.shape, aff,
-                             tr.transforms) >= 0.5
+        brain = tr.brain.copy() if tr.brain is not None else reg.resample(
+            atlas.brain_mask.astype(np.float32), atlas.affine, img.shape, aff,
+            tr.transforms) >= 0.5
         if stripped:
             brain &= img > 0
         brain = ndi.binary_fill_holes(brain)
