@@ -388,8 +388,9 @@ def head_mask(image: np.ndarray, voxel_size: Sequence[float] | float = 1.0) -> n
     sample = img[:: max(1, img.shape[0] // 64), :: max(1, img.shape[1] // 64)].ravel()
     otsu = float(threshold_otsu(sample))
     fg = largest_component(apply_hysteresis_threshold(img, HEAD_HYSTERESIS * otsu, otsu))
-    # closing by a 4 mm ball, as two distance transforms (exact, 4x faster than the ball's
-    # dilation and erosion at 1 mm), on a margin so that the head may close beyond the edge
+    # closing by a 4 mm ball, as two distance transforms (the same mask as the ball's dilation
+    # and erosion, 0.6 s instead of 2.7 s for a 1 mm head), on a margin so that the head may
+    # close beyond the array's edge
     r = np.maximum(np.ceil(4.0 / vs).astype(int), 1)
     fg = depth_mm(within_mm(np.pad(fg, r[:, None]), 4.0, vs), vs) > 4.0 * (1.0 + 1e-5)
     fg = fg[r[0]:-r[0], r[1]:-r[1], r[2]:-r[2]]
