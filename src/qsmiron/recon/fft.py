@@ -8,7 +8,8 @@ __all__ = ["default_workers"]
 
 
 def default_workers() -> int:
-    """Number of CPUs this process may use (the default ``workers`` of the FFTs).
+    """Number of CPUs this process may use (the default ``workers`` of the FFTs, and the
+    threads of the distance transforms in :mod:`qsmiron._distance`).
 
     Honours CPU affinity (e.g. a Dask worker or a SLURM job pinned to some cores), and the
     ``QSMIRON_FFT_WORKERS`` environment variable when set.
