@@ -1063,7 +1063,7 @@ def segment_lesions(
     # 1 x 1 x 3 mm FLAIR and 3.6 mm across those of the study's 0.6 x 0.6 x 1.2 mm one)
     n_grow = int(round(edge_growth_mm / float(vs.min())))
     if n_grow > 0 and mask_c.any():
-        reach = within_mm(mask_c, edge_growth_mm + 1e-6, vs)
+        reach = within_mm(mask_c, edge_growth_mm, vs)
         mask_c = ndi.binary_dilation(
             mask_c, structure=_STRUCT6, iterations=n_grow,
             mask=territory & (z > k_edge) & reach,
@@ -1194,7 +1194,7 @@ def lesion_table(
             return inside / np.maximum(voxels, 1)
 
         def touches(region: np.ndarray) -> np.ndarray:
-            near = within_mm(region, contact_mm + 1e-6, vs)
+            near = within_mm(region, contact_mm, vs)
             return np.bincount(lab[near], minlength=n + 1)[1:] > 0
 
         ventricles = np.isin(anat, _LATERAL_VENTRICLES)
@@ -1488,7 +1488,7 @@ def grow_lesions(
             continue
         rim_th = max(half, bg + k_edge * sd)
         if n_grow > 0 and rim_th < core_th:
-            reach = within_mm(core, edge_growth_mm + 1e-6, vs)
+            reach = within_mm(core, edge_growth_mm, vs)
             core = ndi.binary_dilation(core, structure=_STRUCT6, iterations=n_grow,
                                        mask=(fb >= rim_th) & reach)
         row.update(threshold=float(core_th), voxels=int(np.count_nonzero(core)))
