@@ -88,3 +88,39 @@ def test_resample_labels_majority_and_fractions() -> None:
     np.testing.assert_allclose(fr[5][:, 1, 1], [1.0, 0.5, 0.0, 0.0], atol=1e-6)
     np.testing.assert_allclose(fr[7][:, 1, 1], [0.0, 0.5, 1.0, 0.0], atol=1e-6)
     assert hard[0, 1, 1] == 5 and hard[2, 1, 1] == 7 and hard[3, 1, 1] == 0
+
+
+def test_syn_domain_is_the_brain_box_plus_margin(tmp_path) -> None:
+    """The SyN domain: the mask's bounding box grown by the margin in mm, clipped to the image,
+    in place in the world (oblique grid); and a warp defined on that box alone moves nothing
+    outside it (ITK's displacement field is zero outside its grid), so points outside the box
+    keep the affine map. Truth by construction: a block mask, a ramp image, a warp of a
+    constant 4 mm shift."""
+    aff = np.eye(4)
+    aff[:3, :3] = _rotation(10.0, 2) @ np.diag([2.0, 2.0, 2.0])
+    aff[:3, 3] = (-20.0, -21.0, -22.0)
+    ramp = np.broadcast_to(np.arange(20, dtype=np.float32)[:, None, None], (20, 20, 20)).copy()
+    img = reg.to_ants(ramp, aff)
+    mask = np.zeros((20, 20, 20), np.float32)
+    mask[8:11, 7:12, 1:4] = 1.0
+    sub, box = reg._crop_to_mask(img, reg.to_ants(mask, aff), 5.0)  # 5 mm: 3 voxels of 2 mm
+    assert box == [[5, 4, 0], [14, 15, 7]]
+    assert sub.shape == (9, 11, 7)
+    data, sub_aff = reg.from_ants(sub)
+    np.testing.assert_array_equal(data, ramp[5:14, 4:15, 0:7])
+    np.testing.assert_allclose(sub_aff[:3, 3], aff[:3, :3] @ (5, 4, 0) + aff[:3, 3], atol=1e-4)
+    whole, box0 = reg._crop_to_mask(img, reg.to_ants(np.zeros_like(mask), aff), 5.0)
+    assert whole is img and box0 == [[0, 0, 0], [20, 20, 20]]
+
+    # a warp on the box only: +4 mm along the grid's first axis inside, nothing outside
+    ants = reg._ants()
+    shift = np.zeros(sub.shape + (3,), np.float32)
+    shift[..., :] = np.asarray(sub.direction) @ np.array([4.0, 0.0, 0.0])  # ITK (LPS) vector
+    warp = ants.from_numpy(shift, origin=sub.origin, spacing=sub.spacing,
+                           direction=sub.direction, has_components=True)
+    path = tmp_path / "boxWarp.nii.gz"
+    ants.image_write(warp, str(path))
+    moved = reg.resample(ramp, aff, ramp.shape, aff, [path])
+    assert moved[9, 9, 3] == pytest.approx(11.0, abs=1e-4)  # two voxels on, inside the box
+    assert moved[2, 9, 3] == pytest.approx(2.0, abs=1e-4)   # outside: where it was
+    assert moved[17, 9, 12] == pytest.approx(17.0, abs=1e-4)
