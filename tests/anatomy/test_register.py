@@ -124,3 +124,27 @@ def test_syn_domain_is_the_brain_box_plus_margin(tmp_path) -> None:
     assert moved[9, 9, 3] == pytest.approx(11.0, abs=1e-4)  # two voxels on, inside the box
     assert moved[2, 9, 3] == pytest.approx(2.0, abs=1e-4)   # outside: where it was
     assert moved[17, 9, 12] == pytest.approx(17.0, abs=1e-4)
+
+
+@pytest.mark.parametrize(("shape", "vs", "voxel_mm", "deg"), [
+    ((177, 60, 51), (1.0, 1.0, 1.0), 2.0, 0.0),
+    ((101, 40, 33), (0.9, 0.9, 1.3), 2.0, 12.0),
+    ((64, 64, 20), (0.5, 0.5, 2.0), 2.0, 7.0),
+    ((51, 30, 31), (0.7, 1.2, 1.0), 3.0, 20.0),
+])
+def test_on_grid_is_ants_resample_image(shape, vs, voxel_mm, deg) -> None:
+    """The registrations' coarse grids: the grid and values of ANTs' own ``resample_image``
+    (same origin and axes, round(n * spacing / voxel_mm) voxels) on odd sizes, non-integer
+    ratios and oblique axes."""
+    aff = np.eye(4)
+    aff[:3, :3] = _rotation(deg, 0) @ _rotation(deg / 2, 2) @ np.diag(vs)
+    aff[:3, 3] = (-40.3, 17.2, -5.5)
+    data = np.random.default_rng(1).random(shape).astype(np.float32)
+    ref = reg._ants().resample_image(reg.to_ants(data, aff), (voxel_mm,) * 3,
+                                     use_voxels=False, interp_type=0)
+    got = reg._on_grid(data, aff, voxel_mm)
+    assert got.shape == ref.shape
+    np.testing.assert_allclose(got.origin, ref.origin, atol=1e-5)
+    np.testing.assert_allclose(got.spacing, ref.spacing, atol=1e-6)
+    np.testing.assert_allclose(got.direction, ref.direction, atol=1e-6)
+    np.testing.assert_allclose(got.numpy(), ref.numpy(), atol=1e-5)
