@@ -180,6 +180,7 @@ from skimage.filters import threshold_otsu
 
 from qsmiron import _checks
 from qsmiron._distance import depth_mm
+from qsmiron._labels import per_label
 from qsmiron.anatomy._smooth import robust_sd, smooth_ratio
 from qsmiron.errors import InputError
 
@@ -391,7 +392,7 @@ def _features(
         z = np.zeros(0)
         return {"volume_mm3": z, "max_depth": z, "csf_contact": z, "elongation": z}
     size = np.bincount(lab.ravel(), minlength=n + 1)[1:].astype(np.float64)
-    max_depth = np.asarray(ndi.maximum(depth, lab, index=np.arange(1, n + 1)), dtype=np.float64)
+    max_depth = per_label(ndi.maximum, depth, lab, np.arange(1, n + 1))
     shell_lab = ndi.grey_dilation(lab, footprint=_S6)
     shell = (shell_lab > 0) & (lab == 0)
     s_size = np.bincount(shell_lab[shell], minlength=n + 1)[1:].astype(np.float64)

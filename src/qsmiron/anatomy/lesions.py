@@ -288,6 +288,7 @@ from skimage.filters import threshold_multiotsu
 
 from qsmiron import _checks
 from qsmiron._distance import depth_mm, within_mm
+from qsmiron._labels import per_label
 from qsmiron.anatomy._smooth import MAD_TO_SD, robust_sd, smooth_ratio
 from qsmiron.errors import InputError
 
@@ -500,7 +501,7 @@ def _n4(img: np.ndarray, mask: np.ndarray, vs: np.ndarray) -> np.ndarray:
 def _component_median(labels: np.ndarray, n: int, values: np.ndarray) -> np.ndarray:
     if n == 0:
         return np.zeros(0)
-    return np.asarray(ndi.median(values, labels, index=np.arange(1, n + 1)), dtype=np.float64)
+    return per_label(ndi.median, values, labels, np.arange(1, n + 1))
 
 
 # --------------------------------------------------------------------------------------------
@@ -1006,7 +1007,7 @@ def segment_lesions(
         k_peak = max(k_core, float(np.sqrt(2.0 * np.log(max(np.count_nonzero(nawm), 2)))) + 1.0)
         lab0, n0 = ndi.label(cand, structure=_STRUCT26)
         if n0 and float(vs.min()) > opening_radius_mm:
-            peak = np.asarray(ndi.maximum(z_core, lab0, index=np.arange(1, n0 + 1)))
+            peak = per_label(ndi.maximum, z_core, lab0, np.arange(1, n0 + 1))
             bright = np.concatenate([[False], peak > k_peak])
             opened |= bright[lab0]
         diag["peak_threshold"] = k_peak
@@ -1024,7 +1025,7 @@ def segment_lesions(
             no_seed = np.bincount(labels_c[seeds], minlength=n + 1)[1:] == 0
 
         depth = depth_mm(brain, vs)
-        surface = np.asarray(ndi.maximum(depth, labels_c, index=idx)) <= surface_distance_mm
+        surface = per_label(ndi.maximum, depth, labels_c, idx) <= surface_distance_mm
 
         # CSF: dark on FLAIR (well below NAWM), the CSF tissue class, or outside the brain
         csf = (brain & (z < -4.0)) | ~brain
@@ -1287,7 +1288,7 @@ def lesion_partial_volume_ml(
     counts = np.bincount(labels[inner], minlength=n + 1)
     has = np.flatnonzero(counts[1:] > 0) + 1
     if has.size:
-        own[has] = ndi.median(f, np.where(inner, labels, 0), index=has)
+        own[has] = per_label(ndi.median, f, np.where(inner, labels, 0), has)
     # the rim takes the level of the lesion it touches
     near = ndi.grey_dilation(labels, footprint=_STRUCT6.astype(bool))
     rim = ~m & (near > 0)

@@ -28,6 +28,7 @@ from scipy.spatial import cKDTree
 
 from qsmiron import _checks
 from qsmiron._distance import depth_mm, within_mm
+from qsmiron._labels import per_label
 from qsmiron.errors import InputError
 from qsmiron.recon.multiecho import combine_magnitude, r2star_map
 
@@ -731,8 +732,8 @@ def csf_mask(
         log.warning("csf_mask: no voxel with R2* < %.1f 1/s in the brain mask", r2star_max)
         return np.zeros(r2.shape, bool)
     idx = np.arange(1, n + 1)
-    sizes = ndi.sum_labels(np.ones(r2.shape, np.float32), lab, idx)
-    deepest = ndi.maximum(depth, lab, idx)
+    sizes = np.bincount(lab.ravel(), minlength=n + 1)[1:]
+    deepest = per_label(ndi.maximum, depth, lab, idx)
     vox_ml = float(np.prod(vsz)) / 1000.0
     keep = idx[(sizes * vox_ml >= min_volume_ml) & (np.asarray(deepest) >= min_depth_mm)]
     out = np.isin(lab, keep)
