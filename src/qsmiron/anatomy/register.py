@@ -489,11 +489,11 @@ class TemplateRegistration:
     brain: np.ndarray | None = None
 
 
-#: Margin of the SyN domain around the affinely registered template brain, mm: the residual
-#: misfit of the brain's outline after the affine stage (up to about 10 mm where an atrophied
-#: brain has shrunk from its skull) plus the reach of SyN's update smoothing (3 voxels of the
-#: 2 mm grid, 6 mm).
-SYN_MARGIN_MM = 16.0
+#: Residual misfit of the brain's outline after the affine stage, mm (up to about 10 mm where an
+#: atrophied brain has shrunk from its skull): part of the SyN domain's margin around the
+#: affinely registered template brain, which adds the reach of SyN's update smoothing (3 voxels
+#: of its grid; 16 mm in all on the 2 mm grid of a 1 mm T1w, 19 mm on the 3 mm grid of a 2 mm one).
+SYN_MISFIT_MM = 10.0
 
 
 def _crop_to_mask(img: Any, mask: Any, margin_mm: float) -> tuple[Any, list[list[int]]]:
@@ -623,12 +623,15 @@ def register_template(
     t = time.perf_counter()
     # SyN solves for its displacement fields on the fixed grid; outside the template brain's
     # reach both images are zero and nothing is to be matched there: the domain is the box of
-    # the affinely registered template brain plus SYN_MARGIN_MM (on the real patients' MNI
-    # grids half the voxels and 40% of the SyN time, thalamus within Dice 0.99 of the whole
-    # grid's; outside the box the warp is the identity and the affine stage alone maps)
+    # the affinely registered template brain plus SYN_MISFIT_MM and 3 grid voxels (on the real
+    # patients' MNI grids half the voxels and 30-40% of the SyN time, thalamus within Dice 0.99
+    # of the whole grid's; outside the box the warp is the identity and the affine stage alone
+    # maps)
+    fixed_syn = _on_grid(subj_brain, affine, syn_resolution_mm)
+    margin = SYN_MISFIT_MM + 3.0 * float(np.max(fixed_syn.spacing))
     fixed_syn, box = _crop_to_mask(
-        _on_grid(subj_brain, affine, syn_resolution_mm),
-        _on_grid(brain_aff.astype(np.float32), affine, syn_resolution_mm), SYN_MARGIN_MM)
+        fixed_syn, _on_grid(brain_aff.astype(np.float32), affine, syn_resolution_mm), margin)
+    info["syn_margin_mm"] = margin
     info["syn_box"] = box
     moving_syn = _on_grid(tpl_brain, template_affine, syn_resolution_mm)
     syn = ants.registration(
