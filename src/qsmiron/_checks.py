@@ -127,3 +127,14 @@ def bounding_box(mask: np.ndarray, margin: int | Sequence[int] = 0) -> tuple[sli
         out.append(slice(max(int(hit.min()) - int(m[i]), 0),
                          min(int(hit.max()) + int(m[i]) + 1, mask.shape[i])))
     return tuple(out)
+
+
+def box_affine(affine: np.ndarray, box: Sequence[slice]) -> np.ndarray:
+    """Voxel-to-world transform of the sub-grid ``array[box]`` of a grid with ``affine``.
+
+    >>> box_affine(np.diag([2.0, 2.0, 2.0, 1.0]), (slice(1, 4), slice(0, 2), slice(3, 5)))[:3, 3]
+    array([2., 0., 6.])
+    """
+    a = np.asarray(affine, dtype=float).copy()
+    a[:3, 3] = a[:3, :3] @ np.array([b.start or 0 for b in box], dtype=float) + a[:3, 3]
+    return a

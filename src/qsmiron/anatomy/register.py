@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from qsmiron import _checks
 from qsmiron._distance import depth_mm
 from qsmiron.errors import InputError, QsmironError
 from qsmiron.recon.mask import head_mask as _head_mask
@@ -502,18 +503,14 @@ def _crop_to_mask(img: Any, mask: Any, margin_mm: float) -> tuple[Any, list[list
     Returns the cropped ANTs image (its origin moved, so it stays in place in the world) and
     the box as ``[lower, upper)`` voxel indices; the whole image where the mask is empty.
     """
-    ants = _ants()
-    shape = np.asarray(img.shape)
-    inside = np.argwhere(mask.numpy() > 0)
-    if inside.size == 0:
-        return img, [[0, 0, 0], shape.tolist()]
-    pad = np.ceil(margin_mm / np.asarray(img.spacing)).astype(int)
-    lo = np.maximum(inside.min(0) - pad, 0)
-    hi = np.minimum(inside.max(0) + pad + 1, shape)
-    box = [lo.tolist(), hi.tolist()]
-    if np.array_equal(lo, 0) and np.array_equal(hi, shape):
+    inside = mask.numpy() > 0
+    if not inside.any():
+        return img, [[0] * img.dimension, list(img.shape)]
+    sl = _checks.bounding_box(inside, np.ceil(margin_mm / np.asarray(img.spacing)).astype(int))
+    box = [[b.start for b in sl], [b.stop for b in sl]]
+    if box[0] == [0] * img.dimension and box[1] == list(img.shape):
         return img, box
-    return ants.crop_indices(img, *box), box
+    return _ants().crop_indices(img, *box), box
 
 
 def _on_grid(data: np.ndarray, affine: np.ndarray, voxel_mm: float) -> Any:

@@ -207,9 +207,7 @@ def _atropos(
     names = ("csf", "gm", "wm")
     # on the brain's bounding box only (a third of a head-sized grid)
     box = _checks.bounding_box(brain, 2)
-    lo = np.array([b.start for b in box])
-    aff = np.asarray(affine, float).copy()
-    aff[:3, 3] = aff[:3, :3] @ lo + aff[:3, 3]
+    aff = _checks.box_affine(affine, box)
     t_b, m_b = t1w[box], brain[box]
     coarse = float(np.sqrt((aff[:3, :3] ** 2).sum(0)).min()) < grid_mm - 1e-3
 
@@ -614,8 +612,7 @@ def segment_t1w(
     # 1 mm benchmark head, 0.50 of a real patient's MNI grid; the same values inside)
     box = (_checks.bounding_box(brain, np.ceil(LABEL_MARGIN_MM / vs).astype(int))
            if brain.any() else tuple(slice(0, n) for n in img.shape))
-    box_aff = aff.copy()
-    box_aff[:3, 3] = aff[:3, :3] @ np.array([b.start for b in box]) + aff[:3, 3]
+    box_aff = _checks.box_affine(aff, box)
     box_shape = tuple(b.stop - b.start for b in box)
 
     def from_template(data: np.ndarray, interpolation: str = "linear") -> np.ndarray:
