@@ -373,6 +373,8 @@ def resample(
         empty list resamples through the world coordinates only.
     interpolation : str
         ``"linear"``, ``"nearestNeighbor"``, ``"genericLabel"``, ``"bSpline"``, ...
+        ``"genericLabel"`` (label maps: the label of largest linearly interpolated indicator)
+        gives ANTs' result, computed by :func:`_label_vote` at a fraction of its cost.
     invert : sequence of bool, optional
         Which transforms to invert (linear ones only).
 
@@ -380,13 +382,13 @@ def resample(
     -------
     (X, Y, Z) float32
     """
+    if interpolation == "genericLabel":
+        return _label_vote(moving, moving_affine, fixed_shape, fixed_affine, transforms, invert)
     ants = _ants()
     f = to_ants(np.zeros(tuple(fixed_shape)[:3], np.float32), fixed_affine)
     m = to_ants(moving, moving_affine)
     if not transforms:  # through the world coordinates only
-        interp = {"nearestNeighbor": "nearestNeighbor", "genericLabel": "genericLabel"}.get(
-            interpolation, interpolation)
-        out = ants.resample_image_to_target(m, f, interp_type=interp)
+        out = ants.resample_image_to_target(m, f, interp_type=interpolation)
     else:
         # in single precision, as the images are: ANTs' default (double) copies both images
         # and the output to float64 and costs 5-10% more for differences below 1e-4
@@ -395,6 +397,138 @@ def resample(
                                     whichtoinvert=list(invert) if invert is not None else None,
                                     singleprecision=True)
     return out.numpy().astype(np.float32)
+
+
+#: Continuous indices closer than this (voxels) to a grid point or a half-way point count as
+#: on it, so that the float32 rounding of the index grids cannot split exact ties.
+_INDEX_SNAP = 1e-4
+
+
+def _continuous_index(
+    shape: Sequence[int],
+    affine: np.ndarray,
+    fixed_shape: Sequence[int],
+    fixed_affine: np.ndarray,
+    transforms: Sequence[str | Path],
+    invert: Sequence[bool] | None,
+) -> list[np.ndarray]:
+    """Continuous index in a grid (``shape``, ``affine``) of every voxel of a fixed grid.
+
+    Through linear transforms (ANTs ``.mat`` files of 12 parameters) the chain is one matrix,
+    evaluated here. Otherwise ANTs maps the grid's three index images by linear interpolation
+    (exact: the index is an affine function of the position); a point outside the grid gets
+    -1, and within half a voxel of its edge the edge's index (ITK's clamping).
+
+    Returns
+    -------
+    list of three (X, Y, Z) arrays
+    """
+    ants = _ants()
+    flags = list(invert) if invert is not None else [False] * len(transforms)
+    chain = np.eye(4)
+    for path, inv in zip(transforms, flags, strict=True):
+        if not str(path).endswith(".mat") or len(ants.read_transform(str(path)).parameters) != 12:
+            break
+        m = _read_matrix(ants, Path(path))  # fixed world -> moving world, as ANTs applies it
+        chain = chain @ (np.linalg.inv(m) if inv else m)
+    else:
+        a = np.linalg.inv(np.asarray(affine, float)) @ chain @ np.asarray(fixed_affine, float)
+        ijk = [np.arange(k, dtype=np.float64) for k in tuple(fixed_shape)[:3]]
+        return [a[r, 0] * ijk[0][:, None, None] + a[r, 1] * ijk[1][None, :, None]
+                + a[r, 2] * ijk[2][None, None, :] + a[r, 3] for r in range(3)]
+    out = []
+    for axis in range(3):
+        grid = np.arange(1, shape[axis] + 1, dtype=np.float32).reshape(
+            [-1 if a == axis else 1 for a in range(3)])
+        out.append(resample(np.broadcast_to(grid, tuple(shape)), affine, fixed_shape,
+                            fixed_affine, transforms, "linear", invert) - 1.0)
+    return out
+
+
+def _label_vote(
+    labels: np.ndarray,
+    labels_affine: np.ndarray,
+    fixed_shape: Sequence[int],
+    fixed_affine: np.ndarray,
+    transforms: Sequence[str | Path],
+    invert: Sequence[bool] | None = None,
+) -> np.ndarray:
+    """A label map resampled by ANTs' ``genericLabel`` rule, with the cost of three linear maps.
+
+    ``genericLabel`` (Schaerer et al., Insight J 2014) interpolates every label's indicator
+    linearly and keeps the largest (ties to the smallest label, as ITK's strict comparison
+    does): it costs one linear interpolation per label present (34 on a segmented head, 4 s on
+    a 1 mm grid). The same vote needs only the 8 voxels around each point: ANTs maps the three
+    index grids of the label map (linear interpolation of an affine function of the index is
+    exact), which gives every fixed voxel's continuous index in the label map through any
+    chain of transforms; each label's interpolated indicator is then the sum of the trilinear
+    weights of the corners that hold it. Outside the label map (beyond half a voxel of its
+    edge) the result is 0, and within that half voxel the edge voxel's label, as in ITK.
+
+    Parameters and the return value are those of :func:`resample`.
+    """
+    lab = np.rint(np.asarray(labels, np.float64)).astype(np.int32)
+    shape = tuple(fixed_shape)[:3]
+    out = np.zeros(shape, np.float32)
+    n = np.array(lab.shape)
+    if not lab.any():
+        return out
+    coords = _continuous_index(lab.shape, labels_affine, shape, fixed_affine, transforms, invert)
+    # inside the label map as ITK has it (within half a voxel of its edge voxels), and with a
+    # corner in the labels' box (elsewhere every corner is 0)
+    inside = np.ones(shape, bool)
+    box = _checks.bounding_box(lab != 0)
+    for axis, co in enumerate(coords):
+        lower = max(-0.5, box[axis].start - 1.0 - _INDEX_SNAP)
+        upper = min(n[axis] - 0.5, box[axis].stop + _INDEX_SNAP)
+        inside &= (co >= lower) & (co < upper)
+    pts = np.flatnonzero(inside)
+    del inside
+    # base corner (clamped to the grid, as ITK does within half a voxel of the edge), the
+    # step to the far corner (0 on the last plane) and the trilinear fraction along each axis
+    stride = np.array([n[1] * n[2], n[2], 1])
+    flat = np.zeros(pts.size, np.int64)
+    step, frac = [], []
+    for axis, co in enumerate(coords):
+        c = np.round(co.ravel()[pts].astype(np.float64) / _INDEX_SNAP) * _INDEX_SNAP
+        base = np.maximum(np.floor(c), 0.0)
+        frac.append(np.clip(c - base, 0.0, 1.0))
+        lo = base.astype(np.int64)
+        flat += lo * stride[axis]
+        step.append((lo < n[axis] - 1) * stride[axis])
+    del coords
+    flat_lab = lab.ravel()
+    values = flat_lab[flat]
+    # cells whose 8 corners hold one label (most of them) need no vote: the voxels whose
+    # 2 x 2 x 2 cell (edge-replicated) is not uniform
+    padded = np.pad(lab, ((0, 1), (0, 1), (0, 1)), mode="edge")
+    uniform = np.ones(lab.shape, bool)
+    for k in range(1, 8):
+        off = [(k >> a) & 1 for a in range(3)]
+        sl = tuple(slice(off[a], off[a] + n[a]) for a in range(3))
+        uniform &= padded[sl] == lab
+    del padded
+    mixed = np.nonzero(~uniform.ravel()[flat])[0]
+    for start in range(0, mixed.size, 500_000):  # in chunks of at most 500,000 points
+        sel = mixed[start:start + 500_000]
+        base = flat[sel]
+        st = [s[sel] for s in step]
+        fr = [(1.0 - f[sel], f[sel]) for f in frac]
+        lb = np.empty((sel.size, 8), np.int32)
+        wt = np.empty((sel.size, 8), np.float64)
+        for k in range(8):
+            bits = [(k >> a) & 1 for a in range(3)]
+            lb[:, k] = flat_lab[base + bits[0] * st[0] + bits[1] * st[1] + bits[2] * st[2]]
+            wt[:, k] = fr[0][bits[0]] * fr[1][bits[1]] * fr[2][bits[2]]
+        # each corner's label scores the weights of all corners that hold it
+        score = np.zeros_like(wt)
+        for k in range(8):
+            score += (lb == lb[:, k:k + 1]) * wt[:, k:k + 1]
+        best = score.max(axis=1, keepdims=True)
+        # ties (to 1e-9) go to the smallest label, as in ITK's ascending scan with ">"
+        values[sel] = np.where(score >= best - 1e-9, lb, np.iinfo(np.int32).max).min(axis=1)
+    out.ravel()[pts] = values
+    return out
 
 
 def resample_labels(
@@ -540,7 +674,8 @@ def register_template(
     head_mask: np.ndarray | None = None,
     skull_stripped: bool = False,
     syn_resolution_mm: float = 2.0,
-    syn_iterations: tuple[int, ...] = (60, 40, 20),
+    syn_iterations: tuple[int, ...] = (60, 40, 10),
+    syn_step: float = 0.3,
     check: Callable[[float, float], None] | None = None,
 ) -> TemplateRegistration:
     """Register a T1w template to a subject's T1w: affine on the heads, SyN on the brains.
@@ -568,7 +703,15 @@ def register_template(
         simulated heads) at a fixed cost whatever the input resolution; the transform is then
         applied at full resolution.
     syn_iterations : tuple of int
-        Iterations per SyN level (shrink factors 4, 2, 1 of ``syn_resolution_mm``).
+        Iterations per SyN level (shrink factors 4, 2, 1 of ``syn_resolution_mm``). The
+        coarse levels converge before their limit; the finest level costs nearly all the
+        time (1.3-1.5 s an iteration on 2 cores for a 1 mm head on the 2 mm grid), hence 10
+        iterations there, with ``syn_step`` 0.3: on five simulated 1 mm heads the thalamus
+        Dice is within 0.004 of 20 iterations at ANTs' step of 0.2 and the intensity rank
+        correlation of the real patients' brains within 0.011 (0.688 and 0.700 against 0.699
+        and 0.710), in half the SyN time (16-19 s against 25-35 s).
+    syn_step : float
+        SyN gradient step (the largest update of an iteration, in voxels of its level).
     check : callable, optional
         Called after the affine stage with the fraction of the template brain inside the
         subject's head and the rank correlation of the two brains; it may raise to stop a
@@ -583,6 +726,7 @@ def register_template(
     work.mkdir(parents=True, exist_ok=True)
     info: dict[str, Any] = {"syn_resolution_mm": syn_resolution_mm,
                             "syn_iterations": list(syn_iterations),
+                            "syn_step": syn_step,
                             "skull_stripped_input": bool(skull_stripped)}
     tb = np.asarray(template_brain, bool)
     tpl_head = np.asarray(template, np.float32)
@@ -635,6 +779,7 @@ def register_template(
         fixed=fixed_syn, moving=moving_syn, type_of_transform="SyNOnly",
         initial_transform=[str(affine_tx)], outprefix=str(work / "template_syn_"),
         syn_metric="mattes", syn_sampling=32, reg_iterations=tuple(syn_iterations),
+        grad_step=syn_step,
     )
     info["syn_seconds"] = time.perf_counter() - t
     fwd = [Path(p) for p in syn["fwdtransforms"]]
