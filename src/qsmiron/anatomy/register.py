@@ -434,8 +434,9 @@ def _continuous_index(
     else:
         a = np.linalg.inv(np.asarray(affine, float)) @ chain @ np.asarray(fixed_affine, float)
         ijk = [np.arange(k, dtype=np.float64) for k in tuple(fixed_shape)[:3]]
-        return [a[r, 0] * ijk[0][:, None, None] + a[r, 1] * ijk[1][None, :, None]
-                + a[r, 2] * ijk[2][None, None, :] + a[r, 3] for r in range(3)]
+        # float32 like ANTs' maps (a 1e-5 voxel rounding; _INDEX_SNAP absorbs it)
+        return [((a[r, 0] * ijk[0][:, None, None] + a[r, 1] * ijk[1][None, :, None] + a[r, 3])
+                 + a[r, 2] * ijk[2][None, None, :]).astype(np.float32) for r in range(3)]
     out = []
     for axis in range(3):
         grid = np.arange(1, shape[axis] + 1, dtype=np.float32).reshape(
@@ -484,38 +485,38 @@ def _label_vote(
         inside &= (co >= lower) & (co < upper)
     pts = np.flatnonzero(inside)
     del inside
-    # base corner (clamped to the grid, as ITK does within half a voxel of the edge), the
-    # step to the far corner (0 on the last plane) and the trilinear fraction along each axis
-    stride = np.array([n[1] * n[2], n[2], 1])
-    flat = np.zeros(pts.size, np.int64)
-    step, frac = [], []
-    for axis, co in enumerate(coords):
-        c = np.round(co.ravel()[pts].astype(np.float64) / _INDEX_SNAP) * _INDEX_SNAP
-        base = np.maximum(np.floor(c), 0.0)
-        frac.append(np.clip(c - base, 0.0, 1.0))
-        lo = base.astype(np.int64)
-        flat += lo * stride[axis]
-        step.append((lo < n[axis] - 1) * stride[axis])
-    del coords
     flat_lab = lab.ravel()
-    values = flat_lab[flat]
     # cells whose 8 corners hold one label (most of them) need no vote: the voxels whose
     # 2 x 2 x 2 cell (edge-replicated) is not uniform
     padded = np.pad(lab, ((0, 1), (0, 1), (0, 1)), mode="edge")
     uniform = np.ones(lab.shape, bool)
     for k in range(1, 8):
         off = [(k >> a) & 1 for a in range(3)]
-        sl = tuple(slice(off[a], off[a] + n[a]) for a in range(3))
-        uniform &= padded[sl] == lab
+        uniform &= padded[tuple(slice(off[a], off[a] + n[a]) for a in range(3))] == lab
     del padded
-    mixed = np.nonzero(~uniform.ravel()[flat])[0]
-    for start in range(0, mixed.size, 500_000):  # in chunks of at most 500,000 points
-        sel = mixed[start:start + 500_000]
-        base = flat[sel]
-        st = [s[sel] for s in step]
-        fr = [(1.0 - f[sel], f[sel]) for f in frac]
-        lb = np.empty((sel.size, 8), np.int32)
-        wt = np.empty((sel.size, 8), np.float64)
+    uniform = uniform.ravel()
+    stride = np.array([n[1] * n[2], n[2], 1])
+    out_flat = out.ravel()
+    for start in range(0, pts.size, 1_000_000):  # in chunks of a million points
+        sel = pts[start:start + 1_000_000]
+        # base corner (clamped to the grid, as ITK does within half a voxel of the edge), the
+        # step to the far corner (0 on the last plane) and the trilinear fraction per axis
+        base = np.zeros(sel.size, np.int64)
+        step, frac = [], []
+        for axis, co in enumerate(coords):
+            c = np.round(co.ravel()[sel].astype(np.float64) / _INDEX_SNAP) * _INDEX_SNAP
+            lo = np.maximum(np.floor(c), 0.0)
+            frac.append(np.clip(c - lo, 0.0, 1.0))
+            lo = lo.astype(np.int64)
+            base += lo * stride[axis]
+            step.append((lo < n[axis] - 1) * stride[axis])
+        values = flat_lab[base]
+        mixed = np.nonzero(~uniform[base])[0]
+        base = base[mixed]
+        st = [x[mixed] for x in step]
+        fr = [(1.0 - f[mixed], f[mixed]) for f in frac]
+        lb = np.empty((mixed.size, 8), np.int32)
+        wt = np.empty((mixed.size, 8), np.float64)
         for k in range(8):
             bits = [(k >> a) & 1 for a in range(3)]
             lb[:, k] = flat_lab[base + bits[0] * st[0] + bits[1] * st[1] + bits[2] * st[2]]
@@ -526,8 +527,8 @@ def _label_vote(
             score += (lb == lb[:, k:k + 1]) * wt[:, k:k + 1]
         best = score.max(axis=1, keepdims=True)
         # ties (to 1e-9) go to the smallest label, as in ITK's ascending scan with ">"
-        values[sel] = np.where(score >= best - 1e-9, lb, np.iinfo(np.int32).max).min(axis=1)
-    out.ravel()[pts] = values
+        values[mixed] = np.where(score >= best - 1e-9, lb, np.iinfo(np.int32).max).min(axis=1)
+        out_flat[sel] = values
     return out
 
 
