@@ -414,7 +414,7 @@ def _continuous_index(
 ) -> list[np.ndarray]:
     """Continuous index in a grid (``shape``, ``affine``) of every voxel of a fixed grid.
 
-    Through linear transforms (ANTs ``.mat`` files of 12 parameters) the chain is one matrix,
+    Through affine transforms (what ANTs' registrations write) the chain is one matrix,
     evaluated here. Otherwise ANTs maps the grid's three index images by linear interpolation
     (exact: the index is an affine function of the position); a point outside the grid gets
     -1, and within half a voxel of its edge the edge's index (ITK's clamping).
@@ -427,7 +427,8 @@ def _continuous_index(
     flags = list(invert) if invert is not None else [False] * len(transforms)
     chain = np.eye(4)
     for path, inv in zip(transforms, flags, strict=True):
-        if not str(path).endswith(".mat") or len(ants.read_transform(str(path)).parameters) != 12:
+        if (not str(path).endswith(".mat")
+                or ants.read_transform(str(path)).transform_type != "AffineTransform"):
             break
         m = _read_matrix(ants, Path(path))  # fixed world -> moving world, as ANTs applies it
         chain = chain @ (np.linalg.inv(m) if inv else m)
@@ -454,17 +455,18 @@ def _label_vote(
     transforms: Sequence[str | Path],
     invert: Sequence[bool] | None = None,
 ) -> np.ndarray:
-    """A label map resampled by ANTs' ``genericLabel`` rule, with the cost of three linear maps.
+    """A label map resampled by ANTs' ``genericLabel`` rule, for at most three linear maps.
 
     ``genericLabel`` (Schaerer et al., Insight J 2014) interpolates every label's indicator
     linearly and keeps the largest (ties to the smallest label, as ITK's strict comparison
     does): it costs one linear interpolation per label present (34 on a segmented head, 4 s on
-    a 1 mm grid). The same vote needs only the 8 voxels around each point: ANTs maps the three
-    index grids of the label map (linear interpolation of an affine function of the index is
-    exact), which gives every fixed voxel's continuous index in the label map through any
-    chain of transforms; each label's interpolated indicator is then the sum of the trilinear
-    weights of the corners that hold it. Outside the label map (beyond half a voxel of its
-    edge) the result is 0, and within that half voxel the edge voxel's label, as in ITK.
+    a 1 mm grid). The same vote needs only the 8 voxels around each point: every fixed voxel's
+    continuous index in the label map (:func:`_continuous_index`: one matrix through affine
+    chains, ANTs' own mapping of the map's index grids through warps) gives the 8 corners and
+    their trilinear weights, and each label's interpolated indicator is the sum of the weights
+    of the corners that hold it; only points in cells of more than one label vote. Outside
+    the label map (beyond half a voxel of its edge) the result is 0, and within that half
+    voxel the edge voxel's label, as in ITK.
 
     Parameters and the return value are those of :func:`resample`.
     """
