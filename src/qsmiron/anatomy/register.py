@@ -190,7 +190,11 @@ class LinearTransform:
 
 
 def _read_matrix(ants: Any, path: Path) -> np.ndarray:
-    tx = ants.read_transform(str(path))
+    return _matrix(ants.read_transform(str(path)))
+
+
+def _matrix(tx: Any) -> np.ndarray:
+    """An ANTs affine transform as a RAS+ world matrix (fixed -> moving points)."""
     params = np.asarray(tx.parameters, float)
     fixed = np.asarray(tx.fixed_parameters, float)
     a = params[:9].reshape(3, 3)
@@ -427,10 +431,10 @@ def _continuous_index(
     flags = list(invert) if invert is not None else [False] * len(transforms)
     chain = np.eye(4)
     for path, inv in zip(transforms, flags, strict=True):
-        if (not str(path).endswith(".mat")
-                or ants.read_transform(str(path)).transform_type != "AffineTransform"):
+        tx = ants.read_transform(str(path)) if str(path).endswith(".mat") else None
+        if tx is None or tx.transform_type != "AffineTransform":
             break
-        m = _read_matrix(ants, Path(path))  # fixed world -> moving world, as ANTs applies it
+        m = _matrix(tx)  # fixed world -> moving world, as ANTs applies it
         chain = chain @ (np.linalg.inv(m) if inv else m)
     else:
         a = np.linalg.inv(np.asarray(affine, float)) @ chain @ np.asarray(fixed_affine, float)
