@@ -509,6 +509,47 @@ def test_brainstem_is_judged_against_its_own_tissue() -> None:
     assert not (res.mask & ~ndi.binary_dilation(lesion, iterations=2)).any()
 
 
+def test_own_reference_is_never_narrower_than_white_matter() -> None:
+    """A compartment judged against its own tissue (here the cerebellar white matter) is
+    judged with its own mode but never with a spread narrower than NAWM's, the floor of noise
+    and texture at the image's resolution. Truth by construction, white-matter SD 2: the
+    cerebellar white matter 2 below NAWM's level with half its spread (partial volume smooths
+    a small, folded compartment; patient07's at 2 mm: 0.67 of NAWM's), holding a 2.5 mL
+    block of normal tissue 5 above it (1.5 NAWM SDs above NAWM's mode; a peduncle) and a
+    T1w-dark lesion 14 above it. Judged with the compartment's own narrow spread, the block
+    read as lesion (patient07 at 2 mm: 1 mL of the middle cerebellar peduncle, lesion volume
+    +144 %, now 0 %)."""
+    rng = np.random.default_rng(9)
+    shape = (70, 70, 60)
+    brain, labels, cortex = _box_head(shape)
+    cereb = np.zeros(shape, bool)
+    cereb[30:60, 15:50, 10:45] = True
+    labels[cereb] = 46
+    block = np.zeros(shape, bool)
+    block[35:50, 20:35, 15:26] = True
+    lesion = np.zeros(shape, bool)
+    lesion[48:54, 38:44, 30:36] = True
+    f = np.full(shape, 100.0, np.float32)
+    f[cortex] = 115.0
+    f += rng.normal(0.0, 2.0, shape).astype(np.float32)
+    f[cereb] = 98.0 + rng.normal(0.0, 1.0, int(cereb.sum())).astype(np.float32)
+    f[block] += 5.0
+    f[lesion] += 14.0
+    f[cortex] += rng.normal(0.0, 2.0, int(cortex.sum())).astype(np.float32)
+    f[~brain] = 0.0
+    gm = (cortex | lesion).astype(np.float32)
+    wm = (brain & ~cortex & ~lesion).astype(np.float32)
+    res = segment_lesions(f, brain, (1.0, 1.0, 1.0), wm_prior=wm, gm_prior=gm,
+                          csf_prior=np.zeros(shape, np.float32), labels=labels,
+                          bias_correction="none")
+    own = res.diagnostics["own_reference"]["7,46"]
+    print("cerebellar reference", own, "Dice", dice(res.mask, lesion))
+    assert own["sd_ratio"] == pytest.approx(0.5, abs=0.1)  # measured: narrower than NAWM's
+    assert own["mode_nawm_sd"] == pytest.approx(-1.0, abs=0.3)
+    assert not (res.mask & block).any()
+    assert dice(res.mask, lesion) > 0.8
+
+
 def test_ventricle_lining_is_not_a_lesion() -> None:
     """With labels, a FLAIR-bright structure lining the ventricles (septum pellucidum, fornix,
     ependyma) is not a white-matter lesion: grown into its rim, a lesion of cerebral white

@@ -38,7 +38,8 @@ in the grey-matter (or CSF) class; the rule expects that. It then reads:
    neocortex) are never lesions. The brainstem, the cerebellar white matter and the ventral
    diencephalon, excluded from NAWM because their FLAIR signal differs, are each judged
    against their own normal tissue (mode and lower-half SD over the compartment, whatever
-   the voxel's class): their tracts and nuclei are neither cerebral white matter nor cortex.
+   the voxel's class; the SD never narrower than NAWM's): their tracts and nuclei are neither
+   cerebral white matter nor cortex.
 3. Cores: voxels above ``k_core`` SDs, opened with a ball of ``opening_radius_mm``; components
    are rejected if small, lying at the brain surface, floating in CSF (choroid plexus,
    septum), or T1w-bright; kept cores grow by ``edge_growth_mm`` into voxels above ``k_edge``.
@@ -143,6 +144,15 @@ Where it stands (the entries below are in the order the rules were added):
   as infratentorial). Dice 0.495 -> 0.507 (patient07) and 0.753 -> 0.769 (patient26); the
   false voxels had offset missed ones, so the volumes read lower: partial-volume -17 -> -22 %
   and -7 -> -11 %. The 2 mm demo cohort's lesion volumes and counts are unchanged.
+* Compartment spread floored at NAWM's (2026-11-27): a compartment judged against its own
+  tissue keeps its own mode, but its SD is never taken narrower than NAWM's, the floor of
+  noise and texture at the image's resolution. At 1 mm nothing changes on either patient; on
+  the patients averaged to 2 mm isotropic, patient07's cerebellar white matter measured 0.67
+  of NAWM's SD (partial volume smooths a small, folded compartment; 0.88 at 1 mm), its core
+  threshold fell to 0.9 NAWM SDs above NAWM's mode and 1 mL of the middle cerebellar
+  peduncle read as lesion: Dice 0.25 -> 0.35, partial-volume volume +144 -> 0 % (patient26
+  0.69 / +35 %, unchanged). With 2 mm slices patient07 reads 0.21 -> 0.23, -66 -> -75 %
+  (a cerebellar component, mostly false, is gone); patient26 unchanged.
   Tried the same day and not adopted: the brainstem judged with NAWM's SD about its own mode
   (0.435 / 0.741: 21 more true voxels, 318 more false), or with at most 1.2 NAWM SDs (0.477 /
   0.753); rescuing cores the opening removes by their peak (no separation: of the 178 unopened
@@ -978,7 +988,12 @@ def segment_lesions(
             # patients: brainstem mode 0.5-1.0 NAWM SDs above NAWM's, spread 1.3-1.7 times
             # NAWM's): every voxel there is judged against its compartment's own mode and
             # lower-half SD over its tissue voxels (lesions, a small part of it, only add to
-            # the upper tail), as NAWM is for cerebral white matter
+            # the upper tail), as NAWM is for cerebral white matter. The spread is never taken
+            # narrower than NAWM's, the floor of noise and texture at this resolution: the
+            # lower half of a small compartment smoothed by partial volume can be narrower
+            # (patient07's cerebellar white matter at 2 mm: 0.67 of NAWM's SD, which put its
+            # core threshold 0.9 NAWM SDs above NAWM's mode and read 1 mL of the middle
+            # cerebellar peduncle as lesion)
             own_ref = {}
             for ids in _OWN_REFERENCE:
                 comp = np.isin(lab, ids)
@@ -986,7 +1001,7 @@ def segment_lesions(
                 if np.count_nonzero(sample) < _OWN_REFERENCE_MIN_VOXELS:
                     continue
                 c_mode, c_sd = _peak_stats(f[sample])
-                z = np.where(comp, (f - c_mode) / c_sd, z)
+                z = np.where(comp, (f - c_mode) / max(c_sd, sd), z)
                 own_ref[",".join(str(i) for i in ids)] = {
                     "mode_nawm_sd": (c_mode - mode) / sd, "sd_ratio": c_sd / sd}
             diag["own_reference"] = own_ref
