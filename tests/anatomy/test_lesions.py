@@ -471,6 +471,21 @@ def _box_head(shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray, np.n
     return brain, labels, cortex
 
 
+def _segment_box(f: np.ndarray, brain: np.ndarray, labels: np.ndarray, cortex: np.ndarray,
+                 lesion: np.ndarray, rng: np.random.Generator):
+    """:func:`segment_lesions` on a :func:`_box_head` FLAIR: the cortex given twice the noise
+    (texture), priors from the truth (the cortex and the T1w-dark lesion grey matter, the
+    rest of the brain white matter, no CSF), no bias correction."""
+    f = f.copy()
+    f[cortex] += rng.normal(0.0, 2.0, int(cortex.sum())).astype(np.float32)
+    f[~brain] = 0.0
+    gm = (cortex | lesion).astype(np.float32)
+    wm = (brain & ~cortex & ~lesion).astype(np.float32)
+    return segment_lesions(f, brain, (1.0, 1.0, 1.0), wm_prior=wm, gm_prior=gm,
+                           csf_prior=np.zeros(f.shape, np.float32), labels=labels,
+                           bias_correction="none")
+
+
 def test_brainstem_is_judged_against_its_own_tissue() -> None:
     """With labels, the brainstem (like the cerebellar white matter and the ventral
     diencephalon) is judged against its own normal FLAIR level, not against the cerebral
@@ -493,13 +508,7 @@ def test_brainstem_is_judged_against_its_own_tissue() -> None:
     f[stem] = 107.0
     f[lesion] = 118.0
     f += rng.normal(0.0, 2.0, shape).astype(np.float32)
-    f[cortex] += rng.normal(0.0, 2.0, int(cortex.sum())).astype(np.float32)
-    f[~brain] = 0.0
-    gm = (cortex | lesion).astype(np.float32)
-    wm = (brain & ~cortex & ~lesion).astype(np.float32)
-    res = segment_lesions(f, brain, (1.0, 1.0, 1.0), wm_prior=wm, gm_prior=gm,
-                          csf_prior=np.zeros(shape, np.float32), labels=labels,
-                          bias_correction="none")
+    res = _segment_box(f, brain, labels, cortex, lesion, rng)
     own = res.diagnostics["own_reference"]["16"]
     print("brainstem reference", own, "Dice", dice(res.mask, lesion),
           "false positives", int(np.count_nonzero(res.mask & ~lesion)))
@@ -535,13 +544,7 @@ def test_own_reference_is_never_narrower_than_white_matter() -> None:
     f[cereb] = 98.0 + rng.normal(0.0, 1.0, int(cereb.sum())).astype(np.float32)
     f[block] += 5.0
     f[lesion] += 14.0
-    f[cortex] += rng.normal(0.0, 2.0, int(cortex.sum())).astype(np.float32)
-    f[~brain] = 0.0
-    gm = (cortex | lesion).astype(np.float32)
-    wm = (brain & ~cortex & ~lesion).astype(np.float32)
-    res = segment_lesions(f, brain, (1.0, 1.0, 1.0), wm_prior=wm, gm_prior=gm,
-                          csf_prior=np.zeros(shape, np.float32), labels=labels,
-                          bias_correction="none")
+    res = _segment_box(f, brain, labels, cortex, lesion, rng)
     own = res.diagnostics["own_reference"]["7,46"]
     print("cerebellar reference", own, "Dice", dice(res.mask, lesion))
     assert own["sd_ratio"] == pytest.approx(0.5, abs=0.1)  # measured: narrower than NAWM's
