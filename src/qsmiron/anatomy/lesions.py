@@ -94,7 +94,10 @@ How the defaults were chosen (from principles and the literature, not fitted to 
   A component whose 1-voxel shell is less than half white-matter class (``wm_fraction_min =
   0.5``, the majority, as in the atlas-free cortex test) is dropped, unless it reaches where
   grey matter belongs beside a lesion (cortical mantle margin, deep nuclei, brainstem,
-  cerebellum, limbic grey matter).
+  cerebellum, limbic grey matter). A thin smooth hyperintense band along a ventricle is
+  this normal lining too (the periventricular "rim" and "caps" of Sze et al. 1986); MS
+  lesions at the ventricles are ovoid and reach into the white matter (Dawson's fingers),
+  which the shell then holds.
 * ``surface_distance_mm = 3``: a component may not lie entirely within 3 mm of the brain
   boundary (one cortical thickness, ~2.5 mm, plus the skull-stripping margin).
 * T1w: lesions are hypo- or iso-intense on T1w; a component whose median T1w is above the
