@@ -34,11 +34,11 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 
 
 # Issue criterion: automatic lesion Dice >= 0.6 on each patient, Dice and volume error reported.
-# patient26 (8.2 mL) meets it (Dice 0.77). patient07 (1.3 mL in 37 lesions, most under 30
-# voxels, many under 3 NAWM SDs) does not: Dice 0.49-0.51. Even a voxel threshold scored only
+# patient26 (8.2 mL) meets it (Dice 0.75). patient07 (1.3 mL in 37 lesions, most under 30
+# voxels, many under 3 NAWM SDs) does not: Dice 0.48-0.50. Even a voxel threshold scored only
 # within 3 mm of the true lesions (perfect detection, no false positive anywhere else) reaches
 # at most 0.66 on this patient; the remaining false positives are periventricular caps
-# anterior to the frontal horns (a normal finding).
+# anterior to the frontal horns (a normal finding) and one on a lateral ventricle's wall.
 # FreeSurfer's SAMSEG lesion model scores 0.48 (at best 0.49) on patient07, 0.69 on patient26.
 # Half of patient07's consensus volume lies in lesions the rule never detects: a one-voxel-thick
 # sheet on a ventricle wall, two brainstem lesions within the brainstem's own spread, 27 small
@@ -50,7 +50,7 @@ _XFAIL = {
     "patient07": pytest.mark.xfail(
         strict=True,
         raises=AssertionError,
-        reason="open (issue 4): patient07 (1.3 mL, small faint lesions) Dice 0.49-0.51 < 0.6",
+        reason="open (issue 4): patient07 (1.3 mL, small faint lesions) Dice 0.48-0.50 < 0.6",
     ),
 }
 
@@ -527,7 +527,7 @@ def test_own_reference_is_never_narrower_than_white_matter() -> None:
     block of normal tissue 5 above it (1.5 NAWM SDs above NAWM's mode; a peduncle) and a
     T1w-dark lesion 14 above it. Judged with the compartment's own narrow spread, the block
     read as lesion (patient07 at 2 mm: 1 mL of the middle cerebellar peduncle, lesion volume
-    +144 %, now 0 %)."""
+    +170 %, now +15 %)."""
     rng = np.random.default_rng(9)
     shape = (70, 70, 60)
     brain, labels, cortex = _box_head(shape)
@@ -551,64 +551,6 @@ def test_own_reference_is_never_narrower_than_white_matter() -> None:
     assert own["mode_nawm_sd"] == pytest.approx(-1.0, abs=0.3)
     assert not (res.mask & block).any()
     assert dice(res.mask, lesion) > 0.8
-
-
-def test_ventricle_lining_is_not_a_lesion() -> None:
-    """With labels, a FLAIR-bright structure lining the ventricles (septum pellucidum, fornix,
-    ependyma) is not a white-matter lesion: grown into its rim, a lesion of cerebral white
-    matter is bordered mostly by white matter (a periventricular one by the ventricle on one
-    side), the lining by CSF and the grey-matter-class partial volume between CSF and white
-    matter. Truth by construction, white-matter SD 2: a 3-voxel septum 10 SDs bright between
-    two ventricles, each side a 1-voxel grey-matter-class partial-volume layer (so the CSF
-    contact test of the cores does not see it); a T1w-dark lesion against a ventricle's outer
-    wall; a lesion in a deep nucleus (grey matter all round, judged against grey matter), kept
-    as a deep-grey lesion. Without the rule (``wm_fraction_min=0``) the septum reads as a
-    lesion (real patients: a 332-voxel component along the septum on patient26, a 56-voxel one
-    on the wall of a ventricle's body on patient07)."""
-    rng = np.random.default_rng(8)
-    shape = (80, 80, 60)
-    brain, labels, cortex = _box_head(shape)
-    vent = np.zeros(shape, bool)
-    vent[30:38, 25:55, 20:40] = True  # left ventricle
-    vent[43:51, 25:55, 20:40] = True  # right ventricle
-    labels[vent & (np.arange(80)[:, None, None] < 40)] = 4
-    labels[vent & (np.arange(80)[:, None, None] > 40)] = 43
-    septum = np.zeros(shape, bool)
-    septum[39:42, 27:53, 22:38] = True
-    lining = np.zeros(shape, bool)  # partial volume of CSF and septum
-    lining[38, 27:53, 22:38] = lining[42, 27:53, 22:38] = True
-    csf_gap = np.zeros(shape, bool)  # CSF beyond the septum's ends, as between the ventricles
-    csf_gap[38:43, 25:55, 20:40] = True
-    csf_gap &= ~septum & ~lining
-    periv = np.zeros(shape, bool)
-    periv[52:58, 36:42, 27:33] = True  # against the right ventricle's outer wall
-    nucleus = np.zeros(shape, bool)
-    nucleus[60:74, 20:36, 20:36] = True
-    labels[nucleus] = 10
-    deep = np.zeros(shape, bool)
-    deep[64:70, 25:31, 25:31] = True  # inside the nucleus
-    f = np.full(shape, 100.0, np.float32)
-    f[cortex] = 115.0
-    f[nucleus] = 110.0
-    f[vent | csf_gap] = 30.0
-    f[lining] = 96.0  # three parts septum, one part CSF
-    f[septum] = 120.0
-    f[periv] = 120.0
-    f[deep] = 135.0
-    f += rng.normal(0.0, 2.0, shape).astype(np.float32)
-    f[~brain] = 0.0
-    gm = (cortex | nucleus | septum | lining | periv).astype(np.float32)
-    csf = (vent | csf_gap).astype(np.float32)
-    wm = (brain & (gm == 0) & (csf == 0)).astype(np.float32)
-    kw = dict(wm_prior=wm, gm_prior=gm, csf_prior=csf, labels=labels, bias_correction="none")
-    res = segment_lesions(f, brain, (1.0, 1.0, 1.0), **kw)
-    print("rejected", res.diagnostics["rejected"], "Dice", dice(res.mask, periv | deep))
-    assert res.diagnostics["rejected"]["ventricle_lining"] == 1
-    assert not (res.mask & septum).any()
-    assert dice(res.mask & ~nucleus, periv) > 0.8 and dice(res.mask & nucleus, deep) > 0.8
-    assert not (res.mask & ~ndi.binary_dilation(periv | deep, iterations=2)).any()
-    without = segment_lesions(f, brain, (1.0, 1.0, 1.0), wm_fraction_min=0.0, **kw)
-    assert (without.mask & septum).sum() > 0.8 * septum.sum()
 
 
 def test_auto_bias_correction_follows_the_field_n4_finds() -> None:
