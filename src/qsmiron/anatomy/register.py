@@ -459,7 +459,7 @@ def _label_vote(
     transforms: Sequence[str | Path],
     invert: Sequence[bool] | None = None,
 ) -> np.ndarray:
-    """A label map resampled by ANTs' ``genericLabel`` rule, for at most three linear maps.
+    """A label map resampled by ANTs' ``genericLabel`` rule through any chain of transforms.
 
     ``genericLabel`` (Schaerer et al., Insight J 2014) interpolates every label's indicator
     linearly and keeps the largest (ties to the smallest label, as ITK's strict comparison
