@@ -155,7 +155,19 @@ Where it stands (the entries below are in the order the rules were added):
   - the brainstem judged with NAWM's SD about its own mode (0.435 / 0.741: 21 more true
     voxels, 318 more false), or with at most 1.2 NAWM SDs (0.477 / 0.753);
   - cores the opening removes rescued by their peak: no separation (of the 178 unopened
-    components of 10 voxels or more on patient07, false ones reach peaks of 10.8 SDs).
+    components of 10 voxels or more on patient07, false ones reach peaks of 10.8 SDs);
+  - the same candidates rescued by where they lie (no kept core, 10 voxels or more, outside
+    the cortical margin, shell under 10 % CSF): patient07 4 true (48 consensus voxels) and
+    7 false (131 voxels), patient26 2 true (94) and 11 false (about 280); no gain;
+  - a periventricular-extent test (a component touching a lateral ventricle that reaches no
+    farther than a few mm from it dropped as a cap or lining): patient07's false components
+    on a ventricle reach 2.4 and 4.6 mm from it, a true lesion there (196 voxels, half of
+    them consensus) 4.1 mm; patient26's false septal component 4.0 mm, a true one 5.4 mm;
+  - the rim around its defaults (patient07 / patient26): ``k_edge`` 1.5 0.475 / 0.735,
+    2.5 0.484 / 0.754, 3 0.450 / 0.725, ``edge_growth_mm`` 1 0.479 / 0.741, against
+    0.495 / 0.753. patient07's rim holds 281 consensus voxels and 358 others; dropping voxels
+    raises a Dice of about 0.5 only where fewer than a quarter of them are true (Dice / 2),
+    so a tighter rim loses more than it gains.
 * What patient07's Dice is made of (2026-11-26): of its 1,300 consensus voxels 580 are found.
   611 lie in 30 lesions the rule does not detect at all:
   - a 119-voxel lesion that is one voxel thick along the wall of the right lateral ventricle
