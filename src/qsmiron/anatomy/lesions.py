@@ -172,6 +172,18 @@ Where it stands (the entries below are in the order the rules were added):
     0.495 / 0.753. patient07's rim holds 281 consensus voxels and 358 others; dropping voxels
     raises a Dice of about 0.5 only where fewer than a quarter of them are true (Dice / 2),
     so a tighter rim loses more than it gains.
+* The T2w as a second contrast (tried 2026-11-27, not adopted; the patients' T2w lies on the
+  FLAIR grid): the product FLAIR x T2w judged in place of the FLAIR ("FLAIR2", Wiggermann et
+  al. 2016), or its square root: 0.05 / 0.26 and 0.23 / 0.50 (patient07 / patient26), as
+  CSF partial volume at the cortex and ventricles is T2w-bright; cores at 2-2.5 FLAIR SDs
+  admitted when 3-4 T2w SDs up (each T2w z against the same references), or when the sum
+  of the two z-scores over sqrt(2 + 2 rho) exceeds ``k_core`` (rho = 0.6 in NAWM: their
+  texture is shared): 0.41-0.45 / 0.75-0.77, patient07 gaining 9-78 true voxels for 256-790
+  false ones. The T2w does tell voxels apart in NAWM (of the voxels 2-3 FLAIR SDs up, the
+  consensus ones have a median T2w z of 3.0 against 0.9; above 3 T2w SDs, 50 % of them
+  against 6 %), but patient07's false components (caps, lining; median T2w z 3.1-9.8) are
+  as T2w-bright as its lesions (2.9-5.7), and above 3 T2w SDs its rim is true 50 % of the
+  time against 44 %.
 * What patient07's Dice is made of (2026-11-26): of its 1,300 consensus voxels 580 are found.
   611 lie in 30 lesions the rule does not detect at all:
   - a 119-voxel lesion that is one voxel thick along the wall of the right lateral ventricle
@@ -317,6 +329,8 @@ References
    2011;9:381-400.
 .. [10] Cerri S, Puonti O, Meier DS, et al. A contrast-adaptive method for simultaneous
    whole-brain and lesion segmentation in multiple sclerosis. NeuroImage 2021;225:117471.
+.. [11] Wiggermann V, Hernandez-Torres E, Traboulsee A, Li DKB, Rauscher A. FLAIR2: a
+   combination of FLAIR and T2 for improved MS lesion detection. AJNR 2016;37:259-265.
 """
 
 from __future__ import annotations
