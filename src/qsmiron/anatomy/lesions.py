@@ -184,6 +184,11 @@ Where it stands (the entries below are in the order the rules were added):
   against 6 %), but patient07's false components (caps, lining; median T2w z 3.1-9.8) are
   as T2w-bright as its lesions (2.9-5.7), and above 3 T2w SDs its rim is true 50 % of the
   time against 44 %.
+* A band-pass blob detector (tried 2026-11-27, not adopted): cores added where a difference
+  of Gaussians (0.7-1.5 mm minus 3-6 mm, judged against its own NAWM mode and SD) exceeds
+  3-4 SDs and the voxel exceeds ``k_edge``, for small lesions faint against the whole of
+  NAWM but bright against their surroundings: 0.40-0.44 / 0.74-0.75, patient07 gaining
+  19-87 true voxels for 418-901 false ones.
 * What patient07's Dice is made of (2026-11-26): of its 1,300 consensus voxels 580 are found.
   611 lie in 30 lesions the rule does not detect at all:
   - a 119-voxel lesion that is one voxel thick along the wall of the right lateral ventricle
