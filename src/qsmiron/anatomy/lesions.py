@@ -178,7 +178,7 @@ Where it stands (the entries below are in the order the rules were added):
   CSF partial volume at the cortex and ventricles is T2w-bright; cores at 2-2.5 FLAIR SDs
   admitted when 3-4 T2w SDs up (each T2w z against the same references), or when the sum
   of the two z-scores over sqrt(2 + 2 rho) exceeds ``k_core`` (rho = 0.6 in NAWM: their
-  texture is shared): 0.41-0.45 / 0.75-0.77, patient07 gaining 9-78 true voxels for 256-790
+  texture is shared): 0.41-0.45 / 0.755-0.773, patient07 gaining 9-81 true voxels for 247-786
   false ones. The T2w does tell voxels apart in NAWM (of the voxels 2-3 FLAIR SDs up, the
   consensus ones have a median T2w z of 3.0 against 0.9; above 3 T2w SDs, 50 % of them
   against 6 %), but patient07's false components (caps, lining; median T2w z 3.1-9.8) are
