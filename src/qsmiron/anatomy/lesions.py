@@ -125,7 +125,8 @@ How the defaults were chosen (from principles and the literature, not fitted to 
 
 Validation (tests/anatomy/test_lesions.py)
 ------------------------------------------
-Where it stands (the entries below are in the order the rules were added):
+Where it stands (today's figures and the latest measurements first; from "Real MS patients"
+on, the rules in the order they were added):
 
 * patient26 (8.2 mL): Dice 0.75, partial-volume lesion volume -7 %; patient07 (1.3 mL in 37
   lesions): Dice 0.48-0.50, -9 to -17 % (between runs of the T1w segmentation; criterion 0.6
