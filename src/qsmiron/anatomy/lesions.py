@@ -190,6 +190,11 @@ on, the rules in the order they were added):
   3-4 SDs and the voxel exceeds ``k_edge``, for small lesions faint against the whole of
   NAWM but bright against their surroundings: 0.40-0.44 / 0.74-0.75, patient07 gaining
   19-87 true voxels for 418-901 false ones.
+* The healthy template as NAWM's expected level (tried 2026-11-27, not adopted): the shipped
+  ICBM152 T1w and T2w (and their 3 mm smoothings) regressed against the FLAIR over NAWM (the
+  patients lie in MNI space) explain 5-10 % of its spread on patient07, 1-3 % on patient26
+  (correlation 0.17-0.31), and the T1w + T2w fit's residual puts more non-lesion white matter
+  above 3 SDs (2.1 -> 3.2 %, 1.9 -> 2.4 %).
 * What patient07's Dice is made of (2026-11-26): of its 1,300 consensus voxels 580 are found.
   611 lie in 30 lesions the rule does not detect at all:
   - a 119-voxel lesion that is one voxel thick along the wall of the right lateral ventricle
