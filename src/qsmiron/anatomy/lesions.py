@@ -304,7 +304,9 @@ on, the rules in the order they were added):
   --lesion-mask-pattern 0 1``; 7.3-7.7 min per patient on 2 cores) scores Dice 0.48 / 0.69
   (patient07 / patient26), volume -32 / -37 %; at its best lesion-posterior threshold
   (0.05-0.5) patient07 reaches 0.49. It finds patient07's same 7 lesions plus two (a brainstem
-  lesion, a core under ``min_volume_mm3``).
+  lesion, a core under ``min_volume_mm3``). No trained network serves offline: the registry's
+  lesion segmenters (``lst-ai`` 2.0.0rc1, ``wmh_seg`` 1.6.0, ``yolo-mslesseg`` 0.2.2; wheels
+  of 17-118 kB) ship no weights and fetch them at first use or leave training to the user.
 * Volume: the automatic mode reports :func:`lesion_partial_volume_ml` (linear mixing of
   lesion and NAWM levels over the mask and its one-voxel rim), the study's measure of load;
   the binary mask's count overstates small lesions at 2 mm by half.
