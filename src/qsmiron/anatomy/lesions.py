@@ -195,6 +195,16 @@ on, the rules in the order they were added):
   patients lie in MNI space) explain 5-10 % of its spread on patient07, 1-3 % on patient26
   (correlation 0.17-0.31), and the T1w + T2w fit's residual puts more non-lesion white matter
   above 3 SDs (2.1 -> 3.2 %, 1.9 -> 2.4 %).
+* A learned voxel classifier, cross-validated (tried 2026-11-27, not adopted): gradient-
+  boosted trees (scikit-learn, 200 rounds of 15 leaves) on 16 features of each territory
+  voxel above 1.5 SDs (the rule's z and its 1 and 2 mm smoothings, 3-voxel maximum and
+  contrast to the 7-voxel median; T2w and T1w z against NAWM; distance to the ventricles,
+  the brain's surface and the cortex; local CSF and grey-matter fractions; infratentorial;
+  the tissue posteriors), probability thresholds 0.3-0.6, components of 10 voxels or more.
+  Trained on patient26, patient07 reads 0.27-0.33; trained on patient07, patient26 reads
+  0.24-0.50. Trained on patient07's other regions (5 folds of 32 mm blocks) it reads
+  0.26-0.35 on patient07 (patient26 so: 0.76-0.78): even a flexible model fitted to the
+  same patient's tissue elsewhere does not reach the rule's 0.50 there.
 * What patient07's Dice is made of (2026-11-26): of its 1,300 consensus voxels 580 are found.
   611 lie in 30 lesions the rule does not detect at all:
   - a 119-voxel lesion that is one voxel thick along the wall of the right lateral ventricle
