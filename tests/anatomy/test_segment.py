@@ -9,9 +9,16 @@ from __future__ import annotations
 import tempfile
 
 import numpy as np
+import pytest
 from scipy import ndimage as ndi
 
-from qsmiron.anatomy.segment import VENTRICLES, _assemble, _atropos
+from qsmiron.anatomy.segment import (
+    VENTRICLES,
+    T1Segmentation,
+    _assemble,
+    _atropos,
+    structure_volumes,
+)
 
 
 def test_wide_third_ventricle_is_not_thalamus() -> None:
@@ -49,6 +56,59 @@ def test_wide_third_ventricle_is_not_thalamus() -> None:
     assert np.isin(lab[true_vent], VENTRICLES).all()
     assert np.count_nonzero(lab == 10) == np.count_nonzero(true_thal & (x < 30))
     assert np.count_nonzero(lab == 49) == np.count_nonzero(true_thal & (x >= 30))
+
+
+def _shell_fractions(shape, centres_radii, step=3):
+    """Exact-ish volume fractions of nested spherical shells, by ``step``-fold supersampling.
+
+    ``centres_radii``: [(centre_mm, [r0, r1, ...])] -> one fraction map per shell index k
+    (between r_k-1 and r_k; k = 0 is the innermost ball), summed over the centres.
+    """
+    n_shells = len(centres_radii[0][1])
+    out = np.zeros((n_shells, *shape), np.float32)
+    fine = [(np.arange(n * step) + 0.5) / step - 0.5 for n in shape]
+    for centre, radii in centres_radii:
+        g = np.meshgrid(*(f - c for f, c in zip(fine, centre, strict=True)), indexing="ij",
+                        sparse=True)
+        r = np.sqrt(g[0] ** 2 + g[1] ** 2 + g[2] ** 2)
+        lo = 0.0
+        for k, hi in enumerate(radii):
+            inside = ((r >= lo) & (r < hi)).astype(np.float32)
+            out[k] += inside.reshape(shape[0], step, shape[1], step, shape[2], step).mean(
+                axis=(1, 3, 5))
+            lo = hi
+    return out
+
+
+def test_grey_matter_cut_off_from_white_matter_is_not_counted() -> None:
+    """Total grey matter by partial volumes, without the dura and skull beyond the CSF.
+
+    Truth by construction (1 mm voxels, fractions by 3-fold supersampling): a cerebrum (white
+    matter of radius 18 mm in a 3 mm cortex) and a detached cerebellum (white matter 5 mm,
+    cortex 2 mm: 2% of the white matter, across 6 mm of CSF) in CSF, inside a brain mask whose
+    outer 2 voxels are at the grey-matter level (dura and skull in partial volume with CSF, as
+    at the brain mask's edge where an atrophied brain has shrunk from its skull). Grey matter
+    is the two cortices, 15.3 mL (analytic); counting the outer layer would add 44.8 mL.
+    """
+    shape = (80, 64, 64)
+    big = _shell_fractions(shape, [((30.0, 32.0, 32.0), [18.0, 21.0])])
+    small = _shell_fractions(shape, [((64.0, 32.0, 32.0), [5.0, 7.0])])
+    wm, gm = big[0] + small[0], big[1] + small[1]
+    brain = np.zeros(shape, bool)
+    brain[3:77, 3:61, 3:61] = True
+    outer = brain & ~ndi.binary_erosion(brain, iterations=2)
+    wm[~brain | outer] = 0.0
+    gm[~brain | outer] = 0.0
+    csf = np.where(brain & ~outer, 1.0 - wm - gm, 0.0)
+    t1w = 0.05 * csf + 0.3 * (gm + outer) + 0.5 * wm
+    probs = {"csf": csf, "gm": gm + outer, "wm": wm}
+    seg = T1Segmentation(t1w=t1w.astype(np.float32), affine=np.eye(4), brain_mask=brain,
+                         labels=np.zeros(shape, np.int16),
+                         probs={k: v.astype(np.float32) for k, v in probs.items()})
+    true_gm = 4.0 / 3.0 * np.pi * ((21.0**3 - 18.0**3) + (7.0**3 - 5.0**3)) / 1000.0
+    assert np.count_nonzero(outer) / 1000.0 == pytest.approx(44.8, abs=0.1)
+    vol = structure_volumes(seg)["total_gm_volume_ml"]
+    assert vol == pytest.approx(true_gm, rel=0.02), (vol, true_gm)
 
 
 def test_tissue_classes_leave_no_files_in_the_temp_folder(tmp_path, monkeypatch) -> None:

@@ -413,6 +413,16 @@ def partial_volumes(seg: T1Segmentation) -> dict[str, np.ndarray]:
     linear mix of the two, one between grey and white matter a mix of those (the partial
     volume model of FSL FAST and SPM; Santago & Gage, IEEE TMI 1993;12:566).
 
+    Grey matter lies against white matter. A voxel that reads as grey matter but is cut off
+    from the white matter by CSF is not cortex: it is CSF in partial volume with the dura,
+    skull or scalp at the brain mask's outer edge (wider where an atrophied brain has shrunk
+    from its skull), or a vessel in a cistern. As in the clean-up option of SPM12's Segment
+    (grey and white matter kept where joined to the white matter through tissue), the tissue
+    voxels (CSF fraction below one half) are split into face-connected components; those
+    holding at least 1 % of the white matter are the parenchyma. Grey matter counts in the
+    parenchyma and in the CSF-dominant voxels touching it (the pial partial-volume layer);
+    elsewhere it is CSF.
+
     Parameters
     ----------
     seg : T1Segmentation
@@ -434,13 +444,32 @@ def partial_volumes(seg: T1Segmentation) -> dict[str, np.ndarray]:
     if not (np.isfinite([mc, mg, mw]).all() and mc < mg < mw):  # no ordered levels: posteriors
         log.warning("tissue levels not ordered (%.3g, %.3g, %.3g): volumes from posteriors",
                     mc, mg, mw)
-        return {k: v.copy() for k, v in seg.probs.items()}
-    low = t <= mg
-    gm = np.clip(np.where(low, (t - mc) / (mg - mc), (mw - t) / (mw - mg)), 0.0, 1.0)
-    csf = np.where(low, 1.0 - gm, 0.0)
-    wm = np.where(low, 0.0, 1.0 - gm)
-    out = {"csf": csf, "gm": gm, "wm": wm}
-    return {k: np.where(b, v, 0.0).astype(np.float32) for k, v in out.items()}
+        out = {k: np.where(b, v, 0.0) for k, v in seg.probs.items()}
+    else:
+        low = t <= mg
+        gm = np.clip(np.where(low, (t - mc) / (mg - mc), (mw - t) / (mw - mg)), 0.0, 1.0)
+        csf = np.where(low, 1.0 - gm, 0.0)
+        wm = np.where(low, 0.0, 1.0 - gm)
+        out = {k: np.where(b, v, 0.0) for k, v in {"csf": csf, "gm": gm, "wm": wm}.items()}
+    detached = ~_parenchyma(b & (out["csf"] < 0.5), out["wm"] > 0.5)
+    out["csf"] = np.where(detached, out["csf"] + out["gm"], out["csf"])
+    out["gm"] = np.where(detached, 0.0, out["gm"])
+    return {k: v.astype(np.float32) for k, v in out.items()}
+
+
+def _parenchyma(tissue: np.ndarray, wm: np.ndarray, min_wm_share: float = 0.01) -> np.ndarray:
+    """Tissue joined to the white matter, with the voxels touching it.
+
+    The face-connected components of ``tissue`` holding at least ``min_wm_share`` of the white
+    matter, dilated by one voxel (6-neighbourhood). Without white matter, the whole image.
+    """
+    lab, n = ndi.label(tissue, structure=_STRUCT6)
+    held = np.bincount(lab[wm & tissue], minlength=n + 1)
+    held[0] = 0
+    if held.sum() == 0:
+        return np.ones(tissue.shape, dtype=bool)
+    keep = held >= min_wm_share * held.sum()
+    return ndi.binary_dilation(keep[lab], structure=_STRUCT6)
 
 
 def structure_volumes(seg: T1Segmentation) -> dict[str, float]:
