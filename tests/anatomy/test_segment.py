@@ -1,7 +1,8 @@
-"""Tests of the MS-specific clean-up in qsmiron.anatomy.segment (atlas labels + tissue classes).
+"""Tests of qsmiron.anatomy.segment: the MS-specific clean-up (atlas labels + tissue classes)
+and the grey-matter volume.
 
-Truth by construction: a synthetic label/intensity layout whose subject anatomy differs from
-the propagated template's in a known way.
+Truth by construction: synthetic label/intensity layouts whose subject anatomy differs from
+the propagated template's in a known way, and spherical shells of analytic volume.
 """
 
 from __future__ import annotations
@@ -58,11 +59,15 @@ def test_wide_third_ventricle_is_not_thalamus() -> None:
     assert np.count_nonzero(lab == 49) == np.count_nonzero(true_thal & (x >= 30))
 
 
-def _shell_fractions(shape, centres_radii, step=3):
-    """Exact-ish volume fractions of nested spherical shells, by ``step``-fold supersampling.
+def _shell_fractions(
+    shape: tuple[int, int, int],
+    centres_radii: list[tuple[tuple[float, float, float], list[float]]],
+    step: int = 3,
+) -> np.ndarray:
+    """Volume fractions of nested spherical shells on a 1 mm grid, by ``step``-fold supersampling.
 
-    ``centres_radii``: [(centre_mm, [r0, r1, ...])] -> one fraction map per shell index k
-    (between r_k-1 and r_k; k = 0 is the innermost ball), summed over the centres.
+    ``centres_radii``: [(centre in voxels, [r0, r1, ...] in mm)] -> one fraction map per shell
+    k (between r_k-1 and r_k; k = 0 is the innermost ball), summed over the centres.
     """
     n_shells = len(centres_radii[0][1])
     out = np.zeros((n_shells, *shape), np.float32)
