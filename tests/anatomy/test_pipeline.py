@@ -159,11 +159,12 @@ def test_volumes_and_lesions_close_to_truth(study) -> None:
           f"{truth['t2_lesion_volume_ml']:.2f} mL")
     assert d >= 0.7
     # cortical thickness against the thickness of the phantom's own cortex label (the
-    # simulator measures it with the Laplace method validated on analytic shells): the
-    # propagated-atlas and tissue-class cortex at 2 mm, within 15%
+    # simulator measures it with the Laplace method validated on analytic shells): the voxels
+    # at least half grey matter at 2 mm, within 8% (they read -1.9 to -3.8% on the eight demo
+    # heads, -3.1% here; the tissue-class labels read -10.6 to +9.2% there, -6.2% here)
     print(f"cortical thickness {m['cortical_thickness_mm']:.2f} mm vs "
           f"{truth['cortical_thickness_mm']:.2f} mm")
-    assert abs(m["cortical_thickness_mm"] / truth["cortical_thickness_mm"] - 1) <= 0.15
+    assert abs(m["cortical_thickness_mm"] / truth["cortical_thickness_mm"] - 1) <= 0.08
 
 
 # ------------------------------------------------------------------------------------------

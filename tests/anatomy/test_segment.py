@@ -18,8 +18,10 @@ from qsmiron.anatomy.segment import (
     T1Segmentation,
     _assemble,
     _atropos,
+    cortical_ribbon,
     structure_volumes,
 )
+from qsmiron.anatomy.thickness import cortical_thickness
 
 
 def test_wide_third_ventricle_is_not_thalamus() -> None:
@@ -114,6 +116,44 @@ def test_grey_matter_cut_off_from_white_matter_is_not_counted() -> None:
     assert np.count_nonzero(outer) / 1000.0 == pytest.approx(44.8, abs=0.1)
     vol = structure_volumes(seg)["total_gm_volume_ml"]
     assert vol == pytest.approx(true_gm, rel=0.02), (vol, true_gm)
+
+
+def test_cortex_for_thickness_is_the_grey_matter_majority_not_the_labels() -> None:
+    """The cortex measured for thickness follows the subject's partial volumes.
+
+    Truth by construction (2 mm voxels, fractions by 4-fold supersampling): white matter of
+    radius 30 mm in a 4 mm cortex, CSF to 44 mm. The labels carry a template's cortex, 10 mm
+    thick (28-38 mm), as tissue posteriors pulled by a template prior would. The cortex must be
+    the voxels at least half grey matter (the majority rule by which a label is drawn from
+    fractions), and its thickness that of those voxels, not the labels' (10 mm).
+    """
+    vs, n, step = 2.0, 48, 4
+    fine = ((np.arange(n * step) + 0.5) / step - 0.5 - (n - 1) / 2) * vs
+    g = np.meshgrid(fine, fine, fine, indexing="ij", sparse=True)
+    r = np.sqrt(g[0] ** 2 + g[1] ** 2 + g[2] ** 2)
+
+    def fraction(lo: float, hi: float) -> np.ndarray:
+        inside = ((r >= lo) & (r < hi)).astype(np.float32)
+        return inside.reshape(n, step, n, step, n, step).mean(axis=(1, 3, 5))
+
+    wm, gm = fraction(0.0, 30.0), fraction(30.0, 34.0)
+    c = (np.arange(n) - (n - 1) / 2) * vs
+    rc = np.sqrt(c[:, None, None] ** 2 + c[None, :, None] ** 2 + c[None, None, :] ** 2)
+    brain = rc <= 44.0
+    csf = np.where(brain, 1.0 - wm - gm, 0.0).astype(np.float32)
+    lab = np.where(brain, 24, 0).astype(np.int16)
+    lab[rc < 38.0] = 3
+    lab[rc < 28.0] = 2
+    seg = T1Segmentation(t1w=(0.05 * csf + 0.3 * gm + 0.5 * wm).astype(np.float32),
+                         affine=np.diag([vs, vs, vs, 1.0]), brain_mask=brain, labels=lab,
+                         probs={"csf": csf, "gm": gm, "wm": wm})
+    cortex, inner = cortical_ribbon(seg)
+    majority = gm >= 0.5
+    assert np.array_equal(cortex, majority)
+    measured = cortical_thickness(cortex, inner, (vs,) * 3).surface_mean_mm
+    truth = cortical_thickness(majority, wm >= 0.5, (vs,) * 3).surface_mean_mm
+    assert measured == pytest.approx(truth, rel=0.01)
+    assert measured == pytest.approx(4.0, rel=0.1)  # the Laplace method at 2 mm on 2 voxels
 
 
 def test_tissue_classes_leave_no_files_in_the_temp_folder(tmp_path, monkeypatch) -> None:

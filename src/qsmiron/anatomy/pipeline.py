@@ -58,6 +58,8 @@ from qsmiron.anatomy.rois import (
 from qsmiron.anatomy.segment import (
     T1Segmentation,
     add_lesions,
+    cortical_ribbon,
+    partial_volumes,
     segment_t1w,
     structure_volumes,
 )
@@ -847,12 +849,12 @@ def run_anatomy(
         })
         sources["volumes"] = sources["thickness"] = fs.source
     elif seg is not None:
-        vols = structure_volumes(seg)
+        pv = partial_volumes(seg)
+        vols = structure_volumes(seg, pv)
         measures.update({k: vols[k] for k in (
             "thalamus_left_volume_ml", "thalamus_right_volume_ml", "thalamus_volume_ml",
             "total_gm_volume_ml", "brain_volume_ml")})
-        ctx = np.isin(seg.labels, (3, 42))
-        inner = seg.brain_mask & ~ctx & ~np.isin(seg.labels, (24, 7, 8, 46, 47, 0))
+        ctx, inner = cortical_ribbon(seg, pv)
         th = cortical_thickness(ctx, inner, seg.voxel_size, p.thickness_method)
         measures["cortical_thickness_mm"] = th.surface_mean_mm
         sources["volumes"] = sources["thickness"] = "builtin"

@@ -472,13 +472,54 @@ def _parenchyma(tissue: np.ndarray, wm: np.ndarray, min_wm_share: float = 0.01) 
     return ndi.binary_dilation(keep[lab], structure=_STRUCT6)
 
 
-def structure_volumes(seg: T1Segmentation) -> dict[str, float]:
+def cortical_ribbon(
+    seg: T1Segmentation, pv: dict[str, np.ndarray] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The cerebral cortex and the tissue inside it, for the cortical thickness.
+
+    A voxel is cortex when at least half of it is grey matter by partial volumes (the majority
+    rule that turns fractions into labels), within one voxel (6-neighbourhood) of the cortex
+    label and labelled cortex, cerebral white matter or sulcal CSF. The labels' cortex is the
+    tissue posteriors' argmax, which the template's priors pull towards the template's cortex:
+    on the eight simulated 2 mm demo heads, thickness from the labels read 0.57 times the
+    truth's spread (thin cortices over-read, thick ones under-read; mean error 6.2%), from the
+    majority of grey matter 1.00 (2.6%). The inside is the brain less the cortex, the CSF, the
+    cerebellum and the CSF-dominant voxels next to the cortex.
+
+    Parameters
+    ----------
+    seg : T1Segmentation
+        The segmentation.
+    pv : dict, optional
+        Its :func:`partial_volumes`, when already computed.
+
+    Returns
+    -------
+    cortex, inner : (X, Y, Z) bool
+        The arguments of :func:`qsmiron.anatomy.thickness.cortical_thickness`.
+    """
+    pv = partial_volumes(seg) if pv is None else pv
+    lab = seg.labels
+    labelled = np.isin(lab, _CORTEX)
+    near = np.isin(lab, (*_CORTEX, 2, 41, _CSF)) & ndi.binary_dilation(labelled,
+                                                                        structure=_STRUCT6)
+    cortex = near & (pv["gm"] >= 0.5)
+    inner = (seg.brain_mask & ~cortex & ~np.isin(lab, (_CSF, 7, 8, 46, 47, 0))
+             & ~(near & (pv["csf"] > 0.5)))
+    return cortex, inner
+
+
+def structure_volumes(
+    seg: T1Segmentation, pv: dict[str, np.ndarray] | None = None
+) -> dict[str, float]:
     """Volumes (mL) of the thalami, total grey matter and the brain from a segmentation.
 
     Parameters
     ----------
     seg : T1Segmentation
         The segmentation (:func:`partial_volumes` gives the tissue fractions).
+    pv : dict, optional
+        Its :func:`partial_volumes`, when already computed.
 
     Returns
     -------
@@ -489,7 +530,7 @@ def structure_volumes(seg: T1Segmentation) -> dict[str, float]:
     """
     vox_ml = float(np.prod(seg.voxel_size)) / 1000.0
     lab = seg.labels
-    pv = partial_volumes(seg)
+    pv = partial_volumes(seg) if pv is None else pv
     lesion = lab == _LESION
     deep = np.isin(lab, DEEP_GREY)
     # the deep nuclei lie between grey and white matter on T1w: all of them but their CSF
