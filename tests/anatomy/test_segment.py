@@ -1,5 +1,5 @@
-"""Tests of qsmiron.anatomy.segment: the MS-specific clean-up (atlas labels + tissue classes)
-and the grey-matter volume.
+"""Tests of qsmiron.anatomy.segment: the MS-specific clean-up (atlas labels + tissue classes),
+the grey-matter volume and the cortex measured for thickness.
 
 Truth by construction: synthetic label/intensity layouts whose subject anatomy differs from
 the propagated template's in a known way, and spherical shells of analytic volume.
@@ -65,18 +65,20 @@ def _shell_fractions(
     shape: tuple[int, int, int],
     centres_radii: list[tuple[tuple[float, float, float], list[float]]],
     step: int = 3,
+    voxel_mm: float = 1.0,
 ) -> np.ndarray:
-    """Volume fractions of nested spherical shells on a 1 mm grid, by ``step``-fold supersampling.
+    """Volume fractions of nested spherical shells, by ``step``-fold supersampling.
 
     ``centres_radii``: [(centre in voxels, [r0, r1, ...] in mm)] -> one fraction map per shell
-    k (between r_k-1 and r_k; k = 0 is the innermost ball), summed over the centres.
+    k (between r_k-1 and r_k; k = 0 is the innermost ball), summed over the centres; isotropic
+    voxels of ``voxel_mm``.
     """
     n_shells = len(centres_radii[0][1])
     out = np.zeros((n_shells, *shape), np.float32)
     fine = [(np.arange(n * step) + 0.5) / step - 0.5 for n in shape]
     for centre, radii in centres_radii:
-        g = np.meshgrid(*(f - c for f, c in zip(fine, centre, strict=True)), indexing="ij",
-                        sparse=True)
+        g = np.meshgrid(*((f - c) * voxel_mm for f, c in zip(fine, centre, strict=True)),
+                        indexing="ij", sparse=True)
         r = np.sqrt(g[0] ** 2 + g[1] ** 2 + g[2] ** 2)
         lo = 0.0
         for k, hi in enumerate(radii):
@@ -127,16 +129,9 @@ def test_cortex_for_thickness_is_the_grey_matter_majority_not_the_labels() -> No
     the voxels at least half grey matter (the majority rule by which a label is drawn from
     fractions), and its thickness that of those voxels, not the labels' (10 mm).
     """
-    vs, n, step = 2.0, 48, 4
-    fine = ((np.arange(n * step) + 0.5) / step - 0.5 - (n - 1) / 2) * vs
-    g = np.meshgrid(fine, fine, fine, indexing="ij", sparse=True)
-    r = np.sqrt(g[0] ** 2 + g[1] ** 2 + g[2] ** 2)
-
-    def fraction(lo: float, hi: float) -> np.ndarray:
-        inside = ((r >= lo) & (r < hi)).astype(np.float32)
-        return inside.reshape(n, step, n, step, n, step).mean(axis=(1, 3, 5))
-
-    wm, gm = fraction(0.0, 30.0), fraction(30.0, 34.0)
+    vs, n = 2.0, 48
+    wm, gm = _shell_fractions((n, n, n), [(((n - 1) / 2,) * 3, [30.0, 34.0])], step=4,
+                              voxel_mm=vs)
     c = (np.arange(n) - (n - 1) / 2) * vs
     rc = np.sqrt(c[:, None, None] ** 2 + c[None, :, None] ** 2 + c[None, None, :] ** 2)
     brain = rc <= 44.0
