@@ -205,6 +205,16 @@ on, the rules in the order they were added):
   0.24-0.50. Trained on patient07's other regions (5 folds of 32 mm blocks) it reads
   0.26-0.35 on patient07 (patient26 so: 0.76-0.78): even a flexible model fitted to the
   same patient's tissue elsewhere does not reach the rule's 0.50 there.
+* Other opening elements (tried 2026-11-27, not adopted). Of patient07's 30 undetected
+  lesions, 23 hold 1-86 voxels above ``k_core``. The opening removes all of them but one,
+  whose 7 remaining voxels fall under ``min_volume_mm3``: the voxels above 3 SDs are
+  scattered and hold no 6-neighbourhood cross. Measured (patient07 / patient26):
+  - cores also where a 2 x 2 x 2 voxel cube fits, at 3, 3.5 and 4 SDs: 0.434 / 0.756,
+    0.487 / 0.755, 0.495 / 0.753. At 3 SDs patient07 gains 30 true voxels for about 400
+    false ones, mostly the caps and the lining grown wider;
+  - cores also where a 1.5-2 mm ball fits at 2-2.5 SDs (compact, fainter blobs):
+    0.470-0.497 / 0.752-0.767. The faint lesions hold no compact blob at the lower level
+    either.
 * What patient07's Dice is made of (2026-11-26): of its 1,300 consensus voxels 580 are found.
   611 lie in 30 lesions the rule does not detect at all:
   - a 119-voxel lesion that is one voxel thick along the wall of the right lateral ventricle
