@@ -172,23 +172,12 @@ def _transform_file(ants, kind: str, folder) -> str:
     return path
 
 
-@pytest.mark.parametrize(("chain", "invert"), [
-    ((), None), (("affine",), None), (("affine",), [True]), (("euler",), None),
-    (("warp", "affine"), [False, False]), (("euler", "affine"), [False, True]),
-])
-@pytest.mark.parametrize("grid", ["oblique", "half"])
-def test_generic_label_is_ants_generic_label(chain, invert, grid, tmp_path) -> None:
-    """``resample(..., "genericLabel")`` (our 8-corner vote) against ANTs' own genericLabel
-    interpolator (one linear interpolation per label, the largest wins) through every kind of
-    transform chain, on an oblique anisotropic grid and on a grid of 2x voxels whose centres
-    fall half-way between the label map's (exact ties everywhere: the smallest label wins in
-    both). Truth: ANTs' result; a voxel may differ only where the two labels' interpolated
-    indicators (by ANTs, label by label) tie to 1e-3."""
-    ants = reg._ants()
+def _scene(grid: str) -> tuple[np.ndarray, np.ndarray, tuple[int, ...], np.ndarray]:
+    """A smooth random image on an oblique anisotropic grid, and a target grid: oblique with
+    other voxels (``"oblique"``), or of twice the voxel size with centres half-way between the
+    image's (``"half"``: every point a tie of two voxels)."""
     rng = np.random.default_rng(4)
     smooth = ndi.gaussian_filter(rng.standard_normal((40, 36, 30)), 2.5)
-    labels = np.digitize(smooth, np.quantile(smooth, [0.3, 0.5, 0.6, 0.75, 0.9])) * 7
-    labels[:3] = 0  # background at one end, several labels elsewhere
     aff = np.eye(4)
     aff[:3, :3] = _rotation(9.0, 1) @ np.diag([1.0, 1.1, 1.2])
     aff[:3, 3] = (-20.0, -19.0, -17.0)
@@ -199,17 +188,43 @@ def test_generic_label_is_ants_generic_label(chain, invert, grid, tmp_path) -> N
     else:
         f_shape, f_aff = (20, 18, 15), aff @ np.diag([2.0, 2.0, 2.0, 1.0])
         f_aff[:3, 3] = aff[:3, :3] @ (0.5, 0.5, 0.5) + aff[:3, 3]
+    return smooth, aff, f_shape, f_aff
+
+
+def _ants_resample(ants, data, aff, f_shape, f_aff, transforms, interpolator, invert):
+    """ANTs' own resampling (the truth of the resampling tests)."""
+    f = reg.to_ants(np.zeros(f_shape, np.float32), f_aff)
+    m = reg.to_ants(np.asarray(data, np.float32), aff)
+    if transforms:
+        return ants.apply_transforms(fixed=f, moving=m, transformlist=transforms,
+                                     interpolator=interpolator, whichtoinvert=invert,
+                                     singleprecision=True).numpy()
+    return ants.resample_image_to_target(m, f, interp_type=interpolator).numpy()
+
+
+_CHAINS = [
+    ((), None), (("affine",), None), (("affine",), [True]), (("euler",), None),
+    (("warp", "affine"), [False, False]), (("euler", "affine"), [False, True]),
+]
+
+
+@pytest.mark.parametrize(("chain", "invert"), _CHAINS)
+@pytest.mark.parametrize("grid", ["oblique", "half"])
+def test_generic_label_is_ants_generic_label(chain, invert, grid, tmp_path) -> None:
+    """``resample(..., "genericLabel")`` (our 8-corner vote) against ANTs' own genericLabel
+    interpolator (one linear interpolation per label, the largest wins) through every kind of
+    transform chain, on an oblique anisotropic grid and on a grid of 2x voxels whose centres
+    fall half-way between the label map's (exact ties everywhere: the smallest label wins in
+    both). Truth: ANTs' result; a voxel may differ only where the two labels' interpolated
+    indicators (by ANTs, label by label) tie to 1e-3."""
+    ants = reg._ants()
+    smooth, aff, f_shape, f_aff = _scene(grid)
+    labels = np.digitize(smooth, np.quantile(smooth, [0.3, 0.5, 0.6, 0.75, 0.9])) * 7
+    labels[:3] = 0  # background at one end, several labels elsewhere
     transforms = [_transform_file(ants, k, tmp_path) for k in chain]
     got = reg.resample(labels.astype(np.float32), aff, f_shape, f_aff, transforms,
                        "genericLabel", invert)
-    f = reg.to_ants(np.zeros(f_shape, np.float32), f_aff)
-    m = reg.to_ants(labels.astype(np.float32), aff)
-    if transforms:
-        ref = ants.apply_transforms(fixed=f, moving=m, transformlist=transforms,
-                                    interpolator="genericLabel", whichtoinvert=invert,
-                                    singleprecision=True).numpy()
-    else:
-        ref = ants.resample_image_to_target(m, f, interp_type="genericLabel").numpy()
+    ref = _ants_resample(ants, labels, aff, f_shape, f_aff, transforms, "genericLabel", invert)
     assert np.unique(ref).size >= 4 and (ref == 0).any()
     differ = got != ref
     if differ.any():  # only at ties (on the half grid ANTs' float indices split them at random)
@@ -219,3 +234,48 @@ def test_generic_label_is_ants_generic_label(chain, invert, grid, tmp_path) -> N
                                      strict=True):
             assert values[int(v_got)][tuple(idx)] == pytest.approx(
                 values[int(v_ref)][tuple(idx)], abs=1e-3)
+
+
+@pytest.mark.parametrize(("chain", "invert"), _CHAINS)
+def test_resample_many_is_ants_image_by_image(chain, invert, tmp_path) -> None:
+    """``resample_many`` (one evaluation of the chain, each image read at the indices by ITK's
+    rule) against ANTs resampling each image on its own: a smooth image by linear
+    interpolation, an integer image by nearest neighbour, through every kind of transform
+    chain, on an oblique grid that reaches beyond the moving image (zero there). Truth: ANTs'
+    results; linear to the float32 rounding of the indices (1e-4 of values of unit scale),
+    nearest exactly except where an index lies half-way between voxels to 1e-3 (a tie). A
+    label map by genericLabel equals :func:`resample`'s vote (ANTs' own, test above)."""
+    ants = reg._ants()
+    smooth, aff, f_shape, f_aff = _scene("oblique")
+    smooth = (smooth / smooth.std() + 3.0).astype(np.float32)  # nowhere zero inside
+    integers = np.digitize(smooth, np.quantile(smooth, [0.25, 0.5, 0.75])).astype(np.float32)
+    labels = (integers * 5).astype(np.float32)
+    labels[:3] = 0
+    transforms = [_transform_file(ants, k, tmp_path) for k in chain]
+    kinds = ("linear", "nearestNeighbor", "genericLabel")
+    images = (smooth, integers, labels)
+    got = reg.resample_many(list(zip(images, kinds, strict=True)), aff, f_shape, f_aff,
+                            transforms, invert)
+    for data, kind, g in zip(images, kinds, got, strict=True):
+        ref = _ants_resample(ants, data, aff, f_shape, f_aff, transforms, kind, invert)
+        assert g.shape == tuple(f_shape) and g.dtype == np.float32
+        if kind == "linear":
+            assert (ref == 0).any() and (ref != 0).mean() > 0.5  # inside and beyond the image
+            np.testing.assert_allclose(g, ref, atol=1e-4)
+            continue
+        if kind == "genericLabel":  # resample's vote exactly (against ANTs: the test above)
+            np.testing.assert_array_equal(g, reg.resample(data, aff, f_shape, f_aff, transforms,
+                                                          kind, invert))
+            continue
+        differ = np.argwhere(g != ref)
+        assert len(differ) <= 0.001 * g.size, (kind, len(differ))
+        if len(differ):  # only where the index lies half-way between voxels (a tie)
+            idx = reg._continuous_index(data.shape, aff, f_shape, f_aff, transforms, invert)
+            for p in differ:
+                frac = np.array([c[tuple(p)] for c in idx]) % 1.0
+                assert np.any(np.abs(frac - 0.5) < 1e-3), (kind, p, frac)
+    with pytest.raises(InputError, match="one grid"):
+        reg.resample_many([(smooth, "linear"), (smooth[:-1], "linear")], aff, f_shape, f_aff,
+                          transforms, invert)
+    with pytest.raises(InputError, match="interpolation"):
+        reg.resample_many([(smooth, "bSpline")], aff, f_shape, f_aff, transforms, invert)

@@ -44,6 +44,7 @@ __all__ = [
     "register_template",
     "resample",
     "resample_labels",
+    "resample_many",
     "rigid_finest_mm",
     "to_ants",
 ]
@@ -446,8 +447,128 @@ def _continuous_index(
     for axis in range(3):
         grid = np.arange(1, shape[axis] + 1, dtype=np.float32).reshape(
             [-1 if a == axis else 1 for a in range(3)])
-        out.append(resample(np.broadcast_to(grid, tuple(shape)), affine, fixed_shape,
-                            fixed_affine, transforms, "linear", invert) - 1.0)
+        # in C order, so that the callers' flat views are views (ANTs' arrays come in
+        # Fortran order: every ravel was a copy)
+        out.append(np.ascontiguousarray(
+            resample(np.broadcast_to(grid, tuple(shape)), affine, fixed_shape, fixed_affine,
+                     transforms, "linear", invert) - 1.0))
+    return out
+
+
+def _cells(
+    coords: list[np.ndarray], sel: np.ndarray, n: np.ndarray
+) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
+    """The interpolation cell of each selected point: flat index of its base corner (clamped to
+    the grid, as ITK does within half a voxel of the edge), the flat step to the far corner
+    along each axis (0 on the last plane) and the trilinear fraction along each axis."""
+    stride = np.array([n[1] * n[2], n[2], 1])
+    base = np.zeros(sel.size, np.int64)
+    step, frac = [], []
+    for axis, co in enumerate(coords):
+        c = np.round(co.ravel()[sel].astype(np.float64) / _INDEX_SNAP) * _INDEX_SNAP
+        lo = np.maximum(np.floor(c), 0.0)
+        frac.append(np.clip(c - lo, 0.0, 1.0))
+        lo = lo.astype(np.int64)
+        base += lo * stride[axis]
+        step.append((lo < n[axis] - 1) * stride[axis])
+    return base, step, frac
+
+
+def _in_buffer(coords: list[np.ndarray], n: np.ndarray) -> np.ndarray:
+    """Flat indices of the points inside a grid as ITK has it: within half a voxel of its edge
+    voxels along every axis (elsewhere ANTs writes 0)."""
+    inside = np.ones(coords[0].shape, bool)
+    for axis, co in enumerate(coords):
+        inside &= (co >= -0.5) & (co < n[axis] - 0.5)
+    return np.flatnonzero(inside)
+
+
+#: Points of a target grid sampled per pass (bounds the temporary arrays to ~100 MB).
+_CHUNK = 1_000_000
+
+
+def resample_many(
+    images: Sequence[tuple[np.ndarray, str]],
+    moving_affine: np.ndarray,
+    fixed_shape: Sequence[int],
+    fixed_affine: np.ndarray,
+    transforms: Sequence[str | Path],
+    invert: Sequence[bool] | None = None,
+) -> list[np.ndarray]:
+    """Several images of one grid moved onto a fixed grid through one chain of transforms.
+
+    The chain is evaluated once: every fixed voxel's continuous index in the moving grid
+    (:func:`_continuous_index`; through a warp that is three ANTs resamplings, whatever the
+    number of images). Each image is then read at those indices by ITK's rule for its
+    interpolator, so the result is :func:`resample`'s, image by image (to float32 rounding):
+
+    * ``"linear"``: trilinear over the 8 corners of the cell, the corners clamped to the grid
+      within half a voxel of its edge (ITK's linear interpolator);
+    * ``"nearestNeighbor"``: the voxel at the index rounded half up;
+    * ``"genericLabel"``: :func:`_label_vote`.
+
+    Outside the moving grid (beyond half a voxel of its edge) every image reads 0.
+
+    Parameters
+    ----------
+    images : sequence of (array, interpolation)
+        The images, all of one shape on ``moving_affine``, each with its interpolator.
+    moving_affine, fixed_shape, fixed_affine, transforms, invert
+        As for :func:`resample`.
+
+    Returns
+    -------
+    list of (X, Y, Z) float32
+        One per image, in order.
+    """
+    if not images:
+        return []
+    shape = tuple(images[0][0].shape)
+    for data, interpolation in images:
+        if tuple(data.shape) != shape:
+            raise InputError(f"resample_many: images of shapes {shape} and {data.shape}; "
+                             "all must share one grid")
+        if interpolation not in ("linear", "nearestNeighbor", "genericLabel"):
+            raise InputError(f"resample_many: interpolation {interpolation!r} is not one of "
+                             "'linear', 'nearestNeighbor', 'genericLabel'")
+    fixed = tuple(fixed_shape)[:3]
+    coords = _continuous_index(shape, moving_affine, fixed, fixed_affine, transforms, invert)
+    n = np.array(shape)
+    pts = _in_buffer(coords, n)
+    out: list[np.ndarray] = []
+    for data, interpolation in images:
+        if interpolation == "genericLabel":
+            out.append(_label_vote(data, moving_affine, fixed, fixed_affine, transforms,
+                                   invert, coords=coords))
+        else:
+            out.append(np.zeros(fixed, np.float32))
+    smooth = [(k, np.asarray(d, np.float32).ravel()) for k, (d, i) in enumerate(images)
+              if i == "linear"]
+    nearest = [(k, np.asarray(d, np.float32).ravel()) for k, (d, i) in enumerate(images)
+               if i == "nearestNeighbor"]
+    stride = np.array([n[1] * n[2], n[2], 1])
+    for start in range(0, pts.size, _CHUNK):
+        sel = pts[start:start + _CHUNK]
+        if smooth:
+            base, step, frac = _cells(coords, sel, n)
+            # single precision, as ANTs interpolates here (resample's singleprecision)
+            fr = [(1.0 - f.astype(np.float32), f.astype(np.float32)) for f in frac]
+            acc = [np.zeros(sel.size, np.float32) for _ in smooth]
+            for corner in range(8):
+                bits = [(corner >> a) & 1 for a in range(3)]
+                at = base + bits[0] * step[0] + bits[1] * step[1] + bits[2] * step[2]
+                w = fr[0][bits[0]] * fr[1][bits[1]] * fr[2][bits[2]]
+                for a, (_, flat) in zip(acc, smooth, strict=True):
+                    a += w * flat[at]
+            for a, (k, _) in zip(acc, smooth, strict=True):
+                out[k].ravel()[sel] = a
+        if nearest:
+            at = np.zeros(sel.size, np.int64)
+            for axis, co in enumerate(coords):
+                c = np.round(co.ravel()[sel].astype(np.float64) / _INDEX_SNAP) * _INDEX_SNAP
+                at += np.clip(np.floor(c + 0.5), 0, n[axis] - 1).astype(np.int64) * stride[axis]
+            for k, flat in nearest:
+                out[k].ravel()[sel] = flat[at]
     return out
 
 
@@ -458,6 +579,7 @@ def _label_vote(
     fixed_affine: np.ndarray,
     transforms: Sequence[str | Path],
     invert: Sequence[bool] | None = None,
+    coords: list[np.ndarray] | None = None,
 ) -> np.ndarray:
     """A label map resampled by ANTs' ``genericLabel`` rule through any chain of transforms.
 
@@ -472,7 +594,9 @@ def _label_vote(
     the label map (beyond half a voxel of its edge) the result is 0, and within that half
     voxel the edge voxel's label, as in ITK.
 
-    Parameters and the return value are those of :func:`resample`.
+    Parameters and the return value are those of :func:`resample`; ``coords``, if given, are
+    the continuous indices :func:`_continuous_index` gives for them (computed once for several
+    images of one grid by :func:`resample_many`).
     """
     lab = np.rint(np.asarray(labels, np.float64)).astype(np.int32)
     shape = tuple(fixed_shape)[:3]
@@ -480,7 +604,9 @@ def _label_vote(
     n = np.array(lab.shape)
     if not lab.any():
         return out
-    coords = _continuous_index(lab.shape, labels_affine, shape, fixed_affine, transforms, invert)
+    if coords is None:
+        coords = _continuous_index(lab.shape, labels_affine, shape, fixed_affine, transforms,
+                                   invert)
     # inside the label map as ITK has it (within half a voxel of its edge voxels), and with a
     # corner in the labels' box (elsewhere every corner is 0)
     inside = np.ones(shape, bool)
@@ -501,21 +627,10 @@ def _label_vote(
         uniform &= padded[tuple(slice(off[a], off[a] + n[a]) for a in range(3))] == lab
     del padded
     uniform = uniform.ravel()
-    stride = np.array([n[1] * n[2], n[2], 1])
     out_flat = out.ravel()
-    for start in range(0, pts.size, 1_000_000):  # in chunks of a million points
-        sel = pts[start:start + 1_000_000]
-        # base corner (clamped to the grid, as ITK does within half a voxel of the edge), the
-        # step to the far corner (0 on the last plane) and the trilinear fraction per axis
-        base = np.zeros(sel.size, np.int64)
-        step, frac = [], []
-        for axis, co in enumerate(coords):
-            c = np.round(co.ravel()[sel].astype(np.float64) / _INDEX_SNAP) * _INDEX_SNAP
-            lo = np.maximum(np.floor(c), 0.0)
-            frac.append(np.clip(c - lo, 0.0, 1.0))
-            lo = lo.astype(np.int64)
-            base += lo * stride[axis]
-            step.append((lo < n[axis] - 1) * stride[axis])
+    for start in range(0, pts.size, _CHUNK):
+        sel = pts[start:start + _CHUNK]
+        base, step, frac = _cells(coords, sel, n)
         values = flat_lab[base]
         mixed = np.nonzero(~uniform[base])[0]
         base = base[mixed]

@@ -685,18 +685,20 @@ def segment_t1w(
     box_aff = _checks.box_affine(aff, box)
     box_shape = tuple(b.stop - b.start for b in box)
 
-    def from_template(data: np.ndarray, interpolation: str = "linear") -> np.ndarray:
-        out = np.zeros(img.shape, np.float32)
-        out[box] = reg.resample(data, atlas.affine, box_shape, box_aff, tr.transforms,
-                                interpolation=interpolation)
-        return out
-
-    aseg = from_template(atlas.aseg, "genericLabel").astype(np.int16)
-    hemi = from_template(_hemisphere(atlas.affine, atlas.t1.shape), "nearestNeighbor")
+    # labels, hemispheres and the three tissue priors through one evaluation of the warp
+    # chain (resample_many: each image as resample gives it, 2-3 s sooner on a 1 mm head)
+    moved = reg.resample_many(
+        [(atlas.aseg, "genericLabel"),
+         (_hemisphere(atlas.affine, atlas.aseg.shape), "nearestNeighbor"),
+         *((p, "linear") for p in tissue_priors())],
+        atlas.affine, box_shape, box_aff, tr.transforms)
+    aseg, hemi, *priors = (np.zeros(img.shape, np.float32) for _ in moved)
+    for full, part in zip((aseg, hemi, *priors), moved, strict=True):
+        full[box] = part
+    aseg = aseg.astype(np.int16)
     seconds["labels"] = time.perf_counter() - t
 
     t = stage("tissue classes")
-    priors = [from_template(p) for p in tissue_priors()]
     # Voxels far brighter than white matter are not brain on a pre-contrast T1w (scalp fat
     # caught by the brain mask's edge, flow artefacts): they would drag a tissue class of the
     # mixture model away from brain tissue, so they are left out of it (and of the brain
