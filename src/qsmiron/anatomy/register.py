@@ -546,11 +546,12 @@ def resample_many(
               if i == "linear"]
     nearest = [(k, np.asarray(d, np.float32).ravel()) for k, (d, i) in enumerate(images)
                if i == "nearestNeighbor"]
-    stride = np.array([n[1] * n[2], n[2], 1])
+    if not (smooth or nearest):
+        return out
     for start in range(0, pts.size, _CHUNK):
         sel = pts[start:start + _CHUNK]
+        base, step, frac = _cells(coords, sel, n)
         if smooth:
-            base, step, frac = _cells(coords, sel, n)
             # single precision, as ANTs interpolates here (resample's singleprecision)
             fr = [(1.0 - f.astype(np.float32), f.astype(np.float32)) for f in frac]
             acc = [np.zeros(sel.size, np.float32) for _ in smooth]
@@ -563,10 +564,9 @@ def resample_many(
             for a, (k, _) in zip(acc, smooth, strict=True):
                 out[k].ravel()[sel] = a
         if nearest:
-            at = np.zeros(sel.size, np.int64)
-            for axis, co in enumerate(coords):
-                c = np.round(co.ravel()[sel].astype(np.float64) / _INDEX_SNAP) * _INDEX_SNAP
-                at += np.clip(np.floor(c + 0.5), 0, n[axis] - 1).astype(np.int64) * stride[axis]
+            # the index rounded half up is the cell's far corner where the fraction reaches
+            # one half (never on the last plane, which ends half a voxel out)
+            at = base + sum((f >= 0.5) * st for f, st in zip(frac, step, strict=True))
             for k, flat in nearest:
                 out[k].ravel()[sel] = flat[at]
     return out

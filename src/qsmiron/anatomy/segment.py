@@ -694,7 +694,7 @@ def segment_t1w(
         atlas.affine, box_shape, box_aff, tr.transforms)
     aseg, hemi, *priors = (np.zeros(img.shape, np.float32) for _ in moved)
     for full, part in zip((aseg, hemi, *priors), moved, strict=True):
-        full[box] = part
+        full[box] = part  # zero outside the brain's box
     aseg = aseg.astype(np.int16)
     seconds["labels"] = time.perf_counter() - t
 
