@@ -73,6 +73,8 @@ _CORTEX = (3, 42)
 _CEREBELLAR_CORTEX = (8, 47)
 _LESION = 77
 _CSF = 24
+#: aseg brainstem: neither cortex nor subcortical grey in FreeSurfer's TotalGray.
+_BRAINSTEM = 16
 _STRUCT6 = ndi.generate_binary_structure(3, 1)
 #: Registration QC after the affine stage: the template brain must lie inside the subject's
 #: head, and the T1w intensities of the two brains must rank alike. Measured: simulated heads
@@ -536,7 +538,9 @@ def structure_volumes(
     # the deep nuclei lie between grey and white matter on T1w: all of them but their CSF
     gm = np.where(deep, 1.0 - pv["csf"], pv["gm"])
     gm[lesion | ~seg.brain_mask] = 0.0
-    gm[np.isin(lab, VENTRICLES)] = 0.0
+    # TotalGray leaves out the ventricles and the brainstem, whose nuclei and tracts read
+    # between grey and white matter on T1w (FreeSurfer's SubCortGray has no brainstem)
+    gm[np.isin(lab, (*VENTRICLES, _BRAINSTEM))] = 0.0
     left = float(np.count_nonzero(lab == 10)) * vox_ml
     right = float(np.count_nonzero(lab == 49)) * vox_ml
     ctx = float(pv["gm"][np.isin(lab, _CORTEX)].sum()) * vox_ml

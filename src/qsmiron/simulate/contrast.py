@@ -51,12 +51,21 @@ def spgr(
 
 
 def ir_prepared_t1w(
-    pd: np.ndarray, t1_s: np.ndarray, ti_s: float = 0.9, tr_s: float = 2.3
+    pd: np.ndarray,
+    t1_s: np.ndarray,
+    ti_s: float = 0.9,
+    tr_s: float = 2.3,
+    r2star_hz: np.ndarray | None = None,
+    te_s: float = 0.003,
 ) -> np.ndarray:
     """Inversion-prepared T1-weighted signal (MPRAGE / IR-SPGR, magnitude).
 
     Uses the simple inversion-recovery form ``|1 - 2 E_TI / (1 + E_TR)|`` of a readout that
-    samples the centre of k-space at TI, which gives the familiar WM > GM > CSF contrast.
+    samples the centre of k-space at TI, which gives the familiar WM > GM > CSF contrast,
+    times the gradient echo's decay ``exp(-TE R2*)`` when ``r2star_hz`` is given. The echo
+    time of a 3D IR-SPGR / MPRAGE is about 3 ms: brain tissue (R2* 15-45 /s) keeps 87-96 % of
+    its signal, cortical bone (R2* in the hundreds per second and more) little, so the skull is
+    dark as on a real scan and not at the grey-matter level.
 
     Parameters
     ----------
@@ -64,6 +73,10 @@ def ir_prepared_t1w(
         Proton density and T1 (s).
     ti_s, tr_s : float
         Inversion time and repetition time of the inversion, s.
+    r2star_hz : array, optional
+        Apparent transverse relaxation rate, 1/s. Without it, no decay.
+    te_s : float
+        Echo time of the readout, s.
 
     Returns
     -------
@@ -75,8 +88,10 @@ def ir_prepared_t1w(
     Mugler JP, Brookeman JR. MRM 1990;15:152.
     """
     t1 = np.maximum(t1_s, 1e-6)
-    s = 1.0 - 2.0 * np.exp(-ti_s / t1) / (1.0 + np.exp(-tr_s / t1))
-    return (pd * np.abs(s)).astype(np.float32)
+    s = np.abs(1.0 - 2.0 * np.exp(-ti_s / t1) / (1.0 + np.exp(-tr_s / t1)))
+    if r2star_hz is not None:
+        s = s * np.exp(-te_s * np.asarray(r2star_hz))
+    return (pd * s).astype(np.float32)
 
 
 def flair(

@@ -752,8 +752,8 @@ def make_phantom(
     r2s = T.label_lut("r2star_hz")[lab] * scale
     gd = T.label_lut("gd_mM")[lab]
     m0_f = spgr(pd, t1)
-    t1w_f = ir_prepared_t1w(pd, t1)
-    t1w_gd_f = ir_prepared_t1w(pd, t1_with_gadolinium(t1, gd))
+    t1w_f = ir_prepared_t1w(pd, t1, r2star_hz=r2s)
+    t1w_gd_f = ir_prepared_t1w(pd, t1_with_gadolinium(t1, gd), r2star_hz=r2s)
     flair_f = flair(pd, t1, t2)
     del t1, t2, gd, scale
 
