@@ -120,6 +120,34 @@ def test_grey_matter_cut_off_from_white_matter_is_not_counted() -> None:
     assert vol == pytest.approx(true_gm, rel=0.02), (vol, true_gm)
 
 
+def test_total_grey_matter_is_freesurfers_totalgray() -> None:
+    """Total grey matter counts what FreeSurfer's TotalGray counts.
+
+    Truth by construction (1 mm voxels, pure tissues): white matter holding three 10 mm cubes,
+    a cortex-labelled one at the grey-matter level on T1w, a thalamus between grey and white
+    matter (a subcortical nucleus counts whole) and a brainstem-labelled one at the grey-matter
+    level (not in TotalGray, whose subcortical grey has no brainstem), beside CSF. TotalGray is
+    the cortex and the thalamus: 2.0 mL.
+    """
+    shape = (40, 40, 40)
+    brain = np.zeros(shape, bool)
+    brain[2:38, 2:38, 2:38] = True
+    t1w = np.where(brain, 0.5, 0.0)
+    lab = np.where(brain, 2, 0).astype(np.int16)
+    csf = np.zeros(shape, bool)
+    csf[2:38, 2:38, 30:38] = True
+    t1w[csf], lab[csf] = 0.05, 24
+    cubes = {3: (slice(5, 15), 0.3), 10: (slice(15, 25), 0.4), 16: (slice(25, 35), 0.3)}
+    for number, (sl, level) in cubes.items():
+        t1w[sl, 10:20, 10:20], lab[sl, 10:20, 10:20] = level, number
+    gm = np.isin(lab, (3, 16))
+    probs = {"csf": csf.astype(np.float32), "gm": gm.astype(np.float32),
+             "wm": (brain & ~csf & ~gm).astype(np.float32)}
+    seg = T1Segmentation(t1w=t1w.astype(np.float32), affine=np.eye(4), brain_mask=brain,
+                         labels=lab, probs=probs)
+    assert structure_volumes(seg)["total_gm_volume_ml"] == pytest.approx(2.0, abs=1e-6)
+
+
 def test_cortex_for_thickness_is_the_grey_matter_majority_not_the_labels() -> None:
     """The cortex measured for thickness follows the subject's partial volumes.
 

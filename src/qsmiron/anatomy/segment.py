@@ -23,8 +23,9 @@ Volumes come from this segmentation at the T1w's own resolution (:func:`structur
 thalamus left/right as label voxels (majority labels: partial volume at the border cancels on
 average, where weighting the labelled voxels alone by tissue fractions would not); total grey
 matter as FreeSurfer's TotalGray (cortex + subcortical grey + cerebellar cortex): grey-matter
-fractions (:func:`partial_volumes`, a mixel model) summed over the brain, with the subcortical
-grey nuclei counted whole but for their CSF (they lie between grey and white matter on T1w).
+fractions (:func:`partial_volumes`, a mixel model) summed over the brain but the ventricles and
+the brainstem (not in TotalGray), with the subcortical grey nuclei counted whole but for their
+CSF (they lie between grey and white matter on T1w).
 """
 
 from __future__ import annotations
