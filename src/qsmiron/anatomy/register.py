@@ -474,12 +474,23 @@ def _cells(
     return base, step, frac
 
 
-def _in_buffer(coords: list[np.ndarray], n: np.ndarray) -> np.ndarray:
+def _in_buffer(
+    coords: list[np.ndarray], n: np.ndarray, box: tuple[slice, ...] | None = None
+) -> np.ndarray:
     """Flat indices of the points inside a grid as ITK has it: within half a voxel of its edge
-    voxels along every axis (elsewhere ANTs writes 0)."""
+    voxels along every axis (elsewhere ANTs writes 0).
+
+    With ``box`` (slices of voxel indices), only the points whose interpolation cell has a
+    corner inside it are kept as well (where the image is zero outside the box, the others
+    read 0 anyway).
+    """
     inside = np.ones(coords[0].shape, bool)
     for axis, co in enumerate(coords):
-        inside &= (co >= -0.5) & (co < n[axis] - 0.5)
+        lower, upper = -0.5, n[axis] - 0.5
+        if box is not None:
+            lower = max(lower, box[axis].start - 1.0 - _INDEX_SNAP)
+            upper = min(upper, box[axis].stop + _INDEX_SNAP)
+        inside &= (co >= lower) & (co < upper)
     return np.flatnonzero(inside)
 
 
@@ -607,16 +618,9 @@ def _label_vote(
     if coords is None:
         coords = _continuous_index(lab.shape, labels_affine, shape, fixed_affine, transforms,
                                    invert)
-    # inside the label map as ITK has it (within half a voxel of its edge voxels), and with a
-    # corner in the labels' box (elsewhere every corner is 0)
-    inside = np.ones(shape, bool)
-    box = _checks.bounding_box(lab != 0)
-    for axis, co in enumerate(coords):
-        lower = max(-0.5, box[axis].start - 1.0 - _INDEX_SNAP)
-        upper = min(n[axis] - 0.5, box[axis].stop + _INDEX_SNAP)
-        inside &= (co >= lower) & (co < upper)
-    pts = np.flatnonzero(inside)
-    del inside
+    # inside the label map as ITK has it, and with a corner in the labels' box (elsewhere
+    # every corner is 0)
+    pts = _in_buffer(coords, n, _checks.bounding_box(lab != 0))
     flat_lab = lab.ravel()
     # cells whose 8 corners hold one label (most of them) need no vote: the voxels whose
     # 2 x 2 x 2 cell (edge-replicated) is not uniform
