@@ -131,6 +131,22 @@ on, the rules in the order they were added):
 * patient26 (8.2 mL): Dice 0.75, partial-volume lesion volume -7 %; patient07 (1.3 mL in 37
   lesions): Dice 0.48-0.50, -9 to -17 % (between runs of the T1w segmentation; criterion 0.6
   not met; strict xfail).
+* Tried 2026-11-28, not adopted (patient07 / patient26, against 0.496 / 0.751):
+  - the FLAIR denoised by non-local means before the rule (scikit-image, 3-voxel patches,
+    7-voxel search, h 0.6 and 1.0 times the noise SD from neighbour differences, 5.8 and 6.2):
+    0.371 / 0.666 and 0.153 / 0.516. Denoising narrows NAWM's SD, so the thresholds in SDs
+    fall onto the white matter's regional texture, which it keeps;
+  - planar openings beside the ball (a 3 x 3 cross or square in each of the three planes), to
+    keep one-voxel-thick sheets such as patient07's 119-voxel lesion on the ventricle wall:
+    0.392 / 0.728 (cross; 163 more true voxels, 1,286 more false) and 0.490 / 0.747 (square;
+    77 true, 261 false). The sheets kept are mostly ependymal lining;
+  - components above 2 SDs judged by their mass (sum of z - 2) rather than by a core: of the
+    components with mass over 10, 12 touch patient07's lesions and 379 do not (22,000 voxels).
+  What patient07's detected lesions are made of: its 7 detected lesions hold 689 consensus
+  voxels, 579 found, with 251 rim voxels around them not in the consensus (Dice 0.76 on
+  them alone; of the 27 shifts of the consensus by up to a voxel along each axis the unshifted
+  one agrees best, so the disagreement is the boundary, not a misregistration); the 3 wholly false components hold 207 voxels; 611 consensus voxels lie
+  in the 30 undetected lesions.
 * Compartment spread floored at NAWM's (2026-11-27): a compartment judged against its own
   tissue keeps its own mode, but its SD is never taken narrower than NAWM's, the floor of
   noise and texture at the image's resolution. At 1 mm nothing changes on either patient; on
