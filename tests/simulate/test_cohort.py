@@ -151,6 +151,18 @@ def test_same_seed_same_bytes(cohort_dir, tmp_path):
     assert _digest(tmp_path) == _digest(cohort_dir)
 
 
+def test_parallel_workers_write_the_same_bytes(cohort_dir, tmp_path):
+    """Subjects simulated in two processes, each with its own share of the cores: the same
+    files as one after the other in this process (progress reported for every subject)."""
+    seen = []
+    simulate_cohort(tmp_path, 2, seed=5, voxel_size=4.0,
+                    protocol=Protocol(te=(0.004, 0.009, 0.014)), workers=2,
+                    progress=lambda done, total, sub: seen.append((done, total, sub)))
+    assert _digest(tmp_path) == _digest(cohort_dir)
+    assert [d for d, _, _ in seen] == [1, 2] and {s for _, _, s in seen} == {"sub-001",
+                                                                            "sub-002"}
+
+
 def test_refuses_to_overwrite(cohort_dir):
     with pytest.raises(InputError, match="not empty"):
         simulate_cohort(cohort_dir, 1, seed=5, voxel_size=4.0)

@@ -143,10 +143,10 @@ on, the rules in the order they were added):
   - components above 2 SDs judged by their mass (sum of z - 2) rather than by a core: of the
     components with mass over 10, 12 touch patient07's lesions and 379 do not (22,000 voxels).
   What patient07's detected lesions are made of: its 7 detected lesions hold 689 consensus
-  voxels, 579 found, with 251 rim voxels around them not in the consensus (Dice 0.76 on
-  them alone; of the 27 shifts of the consensus by up to a voxel along each axis the unshifted
-  one agrees best, so the disagreement is the boundary, not a misregistration); the 3 wholly false components hold 207 voxels; 611 consensus voxels lie
-  in the 30 undetected lesions.
+  voxels, 579 found, with 251 rim voxels around them not in the consensus (Dice 0.76 on them
+  alone; of the 27 shifts of the consensus by up to a voxel along each axis the unshifted one
+  agrees best, so the disagreement is the boundary, not a misregistration); the 3 wholly
+  false components hold 207 voxels; 611 consensus voxels lie in the 30 undetected lesions.
 * Compartment spread floored at NAWM's (2026-11-27): a compartment judged against its own
   tissue keeps its own mode, but its SD is never taken narrower than NAWM's, the floor of
   noise and texture at the image's resolution. At 1 mm nothing changes on either patient; on

@@ -49,6 +49,7 @@ from qsmiron.errors import InputError, QsmironError
 from qsmiron.io.bids import list_subjects, write_dataset_description
 from qsmiron.io.nifti import atomic_write_bytes, read_json, read_toml, write_json, write_tsv
 from qsmiron.measure.subject import MEASURES, SubjectParams, measure_subject
+from qsmiron.recon.fft import limit_threads
 
 __all__ = ["CohortResult", "Progress", "Unit", "build_table", "load_config", "process_unit",
            "run_cohort", "select_units", "write_table"]
@@ -192,19 +193,6 @@ class _UnitLog(logging.Handler):
         super().close()
 
 
-def _limit_threads(threads: int | None) -> None:
-    if not threads:
-        return
-    os.environ["QSMIRON_FFT_WORKERS"] = str(threads)
-    os.environ.setdefault("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", str(threads))
-    try:
-        from threadpoolctl import threadpool_limits
-
-        threadpool_limits(threads)
-    except ImportError:  # pragma: no cover - declared dependency
-        pass
-
-
 def _failed_record(unit: Unit, stage: str, message: str) -> dict[str, Any]:
     return {"participant_id": f"sub-{unit.subject}",
             "session_id": f"ses-{unit.session}" if unit.session else None,
@@ -273,7 +261,7 @@ def process_unit(
     dict
         The unit's record; ``skipped`` True when it was already up to date.
     """
-    _limit_threads(threads)
+    limit_threads(threads)
     root = Path(deriv_dir) / "qsmiron"
     old = read_record(root, unit) or {}
     files = subject_inputs(bids_dir, unit.subject, unit.session)

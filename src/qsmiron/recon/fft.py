@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["default_workers"]
+__all__ = ["default_workers", "limit_threads"]
 
 
 def default_workers() -> int:
@@ -21,3 +21,22 @@ def default_workers() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - not on Linux
         return os.cpu_count() or 1
+
+
+def limit_threads(threads: int | None) -> None:
+    """Cap this process's threads: FFT workers, ITK (ANTs) and BLAS/OpenMP pools.
+
+    Used by the worker processes of a cohort run and of a parallel cohort simulation, so that
+    ``workers x threads`` does not oversubscribe the cores. ``None`` or 0 leaves them as they
+    are. ITK's count is only set where the environment does not set one already.
+    """
+    if not threads:
+        return
+    os.environ["QSMIRON_FFT_WORKERS"] = str(threads)
+    os.environ.setdefault("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", str(threads))
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(threads)
+    except ImportError:  # pragma: no cover - declared dependency
+        pass

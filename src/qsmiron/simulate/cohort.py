@@ -27,19 +27,23 @@ The log of lesion volume is the natural log of the volume in mL.
 
 from __future__ import annotations
 
+import multiprocessing
 import shutil
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from threadpoolctl import threadpool_limits
 
 from qsmiron import __version__
 from qsmiron.errors import InputError
 from qsmiron.io.bids import write_bids_anat, write_dataset_description, write_megre_bids
 from qsmiron.io.nifti import atomic_write_bytes, save_nifti, write_json, write_tsv
+from qsmiron.recon.fft import default_workers, limit_threads
 from qsmiron.simulate import tissues as T
 from qsmiron.simulate.phantom import AnatomyParams, make_phantom
 from qsmiron.simulate.scan import Protocol, simulate_scan
@@ -281,6 +285,82 @@ def _cortical_thickness_mm(labels: np.ndarray, voxel_size: np.ndarray) -> float:
     return float(cortical_thickness(cortex, inner, tuple(voxel_size)).surface_mean_mm)
 
 
+def _simulate_subject(bids: Path, truth_dir: Path, i: int, seed: int, eff: Effects,
+                      prot: Protocol, vs: np.ndarray,
+                      slab_rotation_deg: tuple[float, float, float]) -> dict[str, Any]:
+    """Simulate subject ``i`` of the cohort, write its BIDS and truth files, return its row
+    of ``truth.tsv``. Depends only on its arguments (the subject's seeds derive from ``seed``
+    and ``i``), so subjects may run in any order or process.
+
+    BLAS runs single-threaded here: a multi-threaded matrix product rounds differently with
+    the number of threads, and the files must not depend on the cores or on ``workers``.
+    """
+    with threadpool_limits(1, user_api="blas"):
+        return _simulate_subject_files(bids, truth_dir, i, seed, eff, prot, vs,
+                                       slab_rotation_deg)
+
+
+def _simulate_subject_files(bids: Path, truth_dir: Path, i: int, seed: int, eff: Effects,
+                            prot: Protocol, vs: np.ndarray,
+                            slab_rotation_deg: tuple[float, float, float]) -> dict[str, Any]:
+    row = draw_subject(i, seed, eff)
+    sub = row["participant_id"][4:]
+    params = subject_anatomy(row, i, seed)
+    ph = make_phantom(params, voxel_size=tuple(vs), seed=int(_rng(seed, i, 2).integers(2**31)),
+                      slab_rotation_deg=slab_rotation_deg)
+    scan = simulate_scan(ph, prot, seed=int(_rng(seed, i, 3).integers(2**31)))
+    common = {"MagneticFieldStrength": prot.b0, "Manufacturer": "qsmiron simulator"}
+    write_megre_bids(
+        bids, sub, scan.magnitude, scan.phase, prot.te, ph.affine, b0=prot.b0,
+        sidecar={"Manufacturer": "qsmiron simulator", "RepetitionTime": prot.tr,
+                 "FlipAngle": prot.flip_deg},
+    )
+    write_bids_anat(bids, sub, "T1w", scan.t1w, ph.affine, sidecar=common)
+    write_bids_anat(bids, sub, "FLAIR", scan.flair, ph.affine, sidecar=common)
+    write_bids_anat(bids, sub, "T1w", scan.t1w_gd, ph.affine, entities={"ce": "gadolinium"},
+                    sidecar={**common, "ContrastBolusIngredient": "GADOLINIUM"})
+    tdir = truth_dir / f"sub-{sub}"
+    save_nifti(tdir / f"sub-{sub}_dseg.nii.gz", ph.labels, ph.affine, dtype=np.int16)
+    atomic_write_bytes(tdir / f"sub-{sub}_dseg.tsv", T.label_table_tsv().encode())
+    save_nifti(tdir / f"sub-{sub}_Chimap.nii.gz", ph.chi, ph.affine,
+               sidecar={"Units": "ppm", "Reference": "CSF (chi_csf = 0); air = +9.41 ppm"})
+    save_nifti(tdir / f"sub-{sub}_desc-lesions_mask.nii.gz", ph.lesions, ph.affine,
+               dtype=np.int16)
+    save_nifti(tdir / f"sub-{sub}_desc-total_fieldmap.nii.gz", scan.field_total, ph.affine,
+               sidecar={"Units": "ppm", "Description": "total field dB/B0"})
+    save_nifti(tdir / f"sub-{sub}_desc-local_fieldmap.nii.gz", scan.field_local, ph.affine,
+               sidecar={"Units": "ppm",
+                        "Description": "field of the sources inside the brain mask"})
+    thickness = _cortical_thickness_mm(ph.labels, vs)
+    truth = {
+        "participant_id": row["participant_id"],
+        "targets": row,
+        "anatomy": asdict(params),
+        **ph.truth,
+        "cortical_thickness_mm": thickness,
+        "noise_sigma": scan.noise_sigma,
+        "echo_times_s": list(prot.te),
+        "voxel_size_mm": list(vs),
+        "slab_rotation_deg": list(slab_rotation_deg),
+    }
+    write_json(tdir / f"sub-{sub}_truth.json", truth, add_version=True)
+    return {
+        **{k: row[k] for k in _PARTICIPANT_COLUMNS},
+        "enhancing_lesions": "yes" if ph.truth["enhancing_lesion_count"] else "no",
+        "rel_chi_ppb": ph.truth["rel_chi_ppb"],
+        "thalamus_chi_ppb": 1000.0 * ph.truth["thalamus_chi_ppm"],
+        "csf_ref_chi_ppb": 1000.0 * ph.truth["csf_ref_chi_ppm"],
+        "thalamus_volume_ml": ph.truth["thalamus_volume_ml"],
+        "thalamus_left_volume_ml": ph.truth["thalamus_left_volume_ml"],
+        "thalamus_right_volume_ml": ph.truth["thalamus_right_volume_ml"],
+        "total_gm_volume_ml": ph.truth["total_gm_volume_ml"],
+        "cortical_thickness_mm": thickness,
+        "t2_lesion_volume_ml": ph.truth["t2_lesion_volume_ml"],
+        "lesion_count": ph.truth["lesion_count"],
+        "enhancing_lesion_count": ph.truth["enhancing_lesion_count"],
+    }
+
+
 def simulate_cohort(
     out_dir: str | Path,
     n_subjects: int,
@@ -291,6 +371,7 @@ def simulate_cohort(
     progress: Callable[[int, int, str], None] | None = None,
     overwrite: bool = False,
     slab_rotation_deg: tuple[float, float, float] = (0.0, 0.0, 0.0),
+    workers: int = 1,
 ) -> Path:
     """Simulate a cohort and write it as a BIDS dataset with a separate truth folder.
 
@@ -327,6 +408,9 @@ def simulate_cohort(
         Replace an existing ``bids``/``truth`` folder; otherwise refuse to write into one.
     slab_rotation_deg : 3-tuple
         Oblique acquisition: rotation of the imaging grid about the scanner axes, degrees.
+    workers : int
+        Subjects simulated at once, each in its own process with an even share of the cores
+        (1: one after the other in this process). The files are the same either way.
 
     Returns
     -------
@@ -353,66 +437,28 @@ def simulate_cohort(
         generated_by=[{"Name": "qsmiron simulate", "Version": __version__,
                        "Description": f"seed={seed}, voxel_size={vs_txt} mm"}],
     )
-    rows = []
-    for i in range(n_subjects):
-        row = draw_subject(i, seed, eff)
-        sub = row["participant_id"][4:]
-        params = subject_anatomy(row, i, seed)
-        ph = make_phantom(params, voxel_size=tuple(vs), seed=int(_rng(seed, i, 2).integers(2**31)),
-                          slab_rotation_deg=slab_rotation_deg)
-        scan = simulate_scan(ph, prot, seed=int(_rng(seed, i, 3).integers(2**31)))
-        common = {"MagneticFieldStrength": prot.b0, "Manufacturer": "qsmiron simulator"}
-        write_megre_bids(
-            bids, sub, scan.magnitude, scan.phase, prot.te, ph.affine, b0=prot.b0,
-            sidecar={"Manufacturer": "qsmiron simulator", "RepetitionTime": prot.tr,
-                     "FlipAngle": prot.flip_deg},
-        )
-        write_bids_anat(bids, sub, "T1w", scan.t1w, ph.affine, sidecar=common)
-        write_bids_anat(bids, sub, "FLAIR", scan.flair, ph.affine, sidecar=common)
-        write_bids_anat(bids, sub, "T1w", scan.t1w_gd, ph.affine, entities={"ce": "gadolinium"},
-                        sidecar={**common, "ContrastBolusIngredient": "GADOLINIUM"})
-        tdir = truth_dir / f"sub-{sub}"
-        save_nifti(tdir / f"sub-{sub}_dseg.nii.gz", ph.labels, ph.affine, dtype=np.int16)
-        atomic_write_bytes(tdir / f"sub-{sub}_dseg.tsv", T.label_table_tsv().encode())
-        save_nifti(tdir / f"sub-{sub}_Chimap.nii.gz", ph.chi, ph.affine,
-                   sidecar={"Units": "ppm", "Reference": "CSF (chi_csf = 0); air = +9.41 ppm"})
-        save_nifti(tdir / f"sub-{sub}_desc-lesions_mask.nii.gz", ph.lesions, ph.affine,
-                   dtype=np.int16)
-        save_nifti(tdir / f"sub-{sub}_desc-total_fieldmap.nii.gz", scan.field_total, ph.affine,
-                   sidecar={"Units": "ppm", "Description": "total field dB/B0"})
-        save_nifti(tdir / f"sub-{sub}_desc-local_fieldmap.nii.gz", scan.field_local, ph.affine,
-                   sidecar={"Units": "ppm",
-                            "Description": "field of the sources inside the brain mask"})
-        thickness = _cortical_thickness_mm(ph.labels, vs)
-        truth = {
-            "participant_id": row["participant_id"],
-            "targets": row,
-            "anatomy": asdict(params),
-            **ph.truth,
-            "cortical_thickness_mm": thickness,
-            "noise_sigma": scan.noise_sigma,
-            "echo_times_s": list(prot.te),
-            "voxel_size_mm": list(vs),
-            "slab_rotation_deg": list(slab_rotation_deg),
-        }
-        write_json(tdir / f"sub-{sub}_truth.json", truth, add_version=True)
-        rows.append({
-            **{k: row[k] for k in _PARTICIPANT_COLUMNS},
-            "enhancing_lesions": "yes" if ph.truth["enhancing_lesion_count"] else "no",
-            "rel_chi_ppb": ph.truth["rel_chi_ppb"],
-            "thalamus_chi_ppb": 1000.0 * ph.truth["thalamus_chi_ppm"],
-            "csf_ref_chi_ppb": 1000.0 * ph.truth["csf_ref_chi_ppm"],
-            "thalamus_volume_ml": ph.truth["thalamus_volume_ml"],
-            "thalamus_left_volume_ml": ph.truth["thalamus_left_volume_ml"],
-            "thalamus_right_volume_ml": ph.truth["thalamus_right_volume_ml"],
-            "total_gm_volume_ml": ph.truth["total_gm_volume_ml"],
-            "cortical_thickness_mm": thickness,
-            "t2_lesion_volume_ml": ph.truth["t2_lesion_volume_ml"],
-            "lesion_count": ph.truth["lesion_count"],
-            "enhancing_lesion_count": ph.truth["enhancing_lesion_count"],
-        })
-        if progress is not None:
-            progress(i + 1, n_subjects, row["participant_id"])
+    args = [(bids, truth_dir, i, seed, eff, prot, vs, tuple(slab_rotation_deg))
+            for i in range(n_subjects)]
+    rows: list[dict[str, Any]] = [{} for _ in range(n_subjects)]
+    workers = max(1, min(int(workers or 1), n_subjects))
+    if workers == 1:
+        for i, a in enumerate(args):
+            rows[i] = _simulate_subject(*a)
+            if progress is not None:
+                progress(i + 1, n_subjects, rows[i]["participant_id"])
+    else:
+        # processes, not threads (the simulation holds the GIL in NumPy glue); spawned, so no
+        # thread pool of this process is forked mid-state; each with an even share of cores
+        ctx = multiprocessing.get_context("spawn")
+        threads = max(1, default_workers() // workers)
+        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=limit_threads,
+                                 initargs=(threads,)) as pool:
+            futures = {pool.submit(_simulate_subject, *a): i for i, a in enumerate(args)}
+            for done, fut in enumerate(as_completed(futures), start=1):
+                i = futures[fut]
+                rows[i] = fut.result()
+                if progress is not None:
+                    progress(done, n_subjects, rows[i]["participant_id"])
     table = pd.DataFrame(rows)
     write_tsv(bids / "participants.tsv", table[_PARTICIPANT_COLUMNS])
     write_json(bids / "participants.json", _PARTICIPANTS_JSON)
