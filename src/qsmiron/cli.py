@@ -96,7 +96,8 @@ def _simulate(args: argparse.Namespace) -> int:
         )
     dt = time.perf_counter() - t0
     console.print(
-        f"simulated {args.subjects} subjects at {res_txt} mm in {dt:.0f} s\n"
+        f"simulated {args.subjects} subject{'' if args.subjects == 1 else 's'} at {res_txt} mm "
+        f"in {dt:.0f} s\n"
         f"  BIDS dataset: {bids}\n  truth:        {out / 'truth'} (truth.tsv, label maps, "
         f"true susceptibility and field maps)"
     )
