@@ -410,7 +410,9 @@ def simulate_cohort(
         Oblique acquisition: rotation of the imaging grid about the scanner axes, degrees.
     workers : int
         Subjects simulated at once, each in its own process with an even share of the cores
-        (1: one after the other in this process). The files are the same either way.
+        (1: one after the other in this process). The files are the same either way. The
+        processes are spawned: a script that asks for more than one must guard its entry
+        point with ``if __name__ == "__main__":``, as for any use of multiprocessing.
 
     Returns
     -------
