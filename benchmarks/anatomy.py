@@ -21,23 +21,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from _timing import rigid_self_registration_seconds
 from qsmiron.anatomy.pipeline import load_anatomy_inputs, run_anatomy
 from qsmiron.cli import main as cli
 from qsmiron.simulate.cohort import simulate_cohort
-
-
-def _baseline(t1w_path: Path) -> float:
-    from qsmiron.anatomy import register as reg
-    from qsmiron.io.nifti import load_nifti
-
-    ants = reg._ants()
-    data, aff, _ = load_nifti(t1w_path)
-    img = reg.to_ants(data, aff)
-    with tempfile.TemporaryDirectory() as work:  # its transform file, not left in /tmp
-        t0 = time.perf_counter()
-        ants.registration(fixed=img, moving=img, type_of_transform="Rigid",
-                          outprefix=str(Path(work) / "baseline_"))
-        return time.perf_counter() - t0
 
 
 def _accuracy(res, truth_dir: Path) -> None:
@@ -84,7 +71,7 @@ def main() -> None:
         t0 = time.perf_counter()
         res = run_anatomy(inputs, out / "work")
         total = time.perf_counter() - t0
-        base = _baseline(inputs.t1w.path)
+        base = rigid_self_registration_seconds(inputs.t1w.path)
         _accuracy(res, out / "truth" / "sub-001")
     for name, sec in res.seconds.items():
         print(f"  {name:<20s} {sec:6.1f} s")
