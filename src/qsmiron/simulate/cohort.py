@@ -303,6 +303,7 @@ def _simulate_subject(bids: Path, truth_dir: Path, i: int, seed: int, eff: Effec
 def _simulate_subject_files(bids: Path, truth_dir: Path, i: int, seed: int, eff: Effects,
                             prot: Protocol, vs: np.ndarray,
                             slab_rotation_deg: tuple[float, float, float]) -> dict[str, Any]:
+    """:func:`_simulate_subject`'s work, under its thread limit."""
     row = draw_subject(i, seed, eff)
     sub = row["participant_id"][4:]
     params = subject_anatomy(row, i, seed)
@@ -456,11 +457,17 @@ def simulate_cohort(
         with ProcessPoolExecutor(workers, mp_context=ctx, initializer=limit_threads,
                                  initargs=(threads,)) as pool:
             futures = {pool.submit(_simulate_subject, *a): i for i, a in enumerate(args)}
-            for done, fut in enumerate(as_completed(futures), start=1):
-                i = futures[fut]
-                rows[i] = fut.result()
-                if progress is not None:
-                    progress(done, n_subjects, rows[i]["participant_id"])
+            try:
+                for done, fut in enumerate(as_completed(futures), start=1):
+                    i = futures[fut]
+                    rows[i] = fut.result()
+                    if progress is not None:
+                        progress(done, n_subjects, rows[i]["participant_id"])
+            except BaseException:
+                # a failed subject (or Ctrl-C) stops the run as it does serially: the subjects
+                # not yet started are dropped instead of simulated before the error is shown
+                pool.shutdown(cancel_futures=True)
+                raise
     table = pd.DataFrame(rows)
     write_tsv(bids / "participants.tsv", table[_PARTICIPANT_COLUMNS])
     write_json(bids / "participants.json", _PARTICIPANTS_JSON)
