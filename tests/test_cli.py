@@ -51,6 +51,12 @@ def test_effects_file(tmp_path, capsys):
     err = capsys.readouterr().err
     # one unwrapped line, whatever the console's width: the whole path can be copied
     assert str(bad) in err and "unknown effect" in err and err.strip().count("\n") == 0
+    # an impossible acquisition: a clear error before any subject is simulated
+    assert main(["simulate", "--out", str(tmp_path / "c"), "--subjects", "2",
+                 "--snr", "-1"]) == 2
+    err = capsys.readouterr().err
+    assert "snr must be positive" in err and "Traceback" not in err
+    assert not (tmp_path / "c" / "bids").exists()
 
 
 def test_inspect_real_gre(capsys):

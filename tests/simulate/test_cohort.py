@@ -163,6 +163,14 @@ def test_parallel_workers_write_the_same_bytes(cohort_dir, tmp_path):
                                                                             "sub-002"}
 
 
+@pytest.mark.parametrize("kwargs", [{"snr": -1.0}, {"snr": 0.0}, {"structural_snr": 0.0},
+                                    {"te": ()}, {"te": (0.01, 0.005)}, {"te": (-0.001, 0.004)},
+                                    {"b0": 0.0}, {"bias_amplitude": -0.1}])
+def test_impossible_protocol_is_refused_up_front(kwargs):
+    with pytest.raises(InputError, match="must"):
+        Protocol(**kwargs)
+
+
 def test_refuses_to_overwrite(cohort_dir):
     with pytest.raises(InputError, match="not empty"):
         simulate_cohort(cohort_dir, 1, seed=5, voxel_size=4.0)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from qsmiron.constants import CHI_AIR_REL_WATER_PPM
+from qsmiron.errors import InputError
 from qsmiron.io.nifti import b0_direction
 from qsmiron.simulate.gre import (
     add_rician_noise,
@@ -64,6 +65,19 @@ class Protocol:
     phase_offset_rad: float = np.pi
     bias_amplitude: float = 0.15
     b0_dir: tuple[float, float, float] | None = None
+
+    def __post_init__(self) -> None:
+        """Refuse an acquisition that cannot be simulated, before any work is done."""
+        te = np.asarray(self.te, float)
+        if te.ndim != 1 or te.size == 0 or not np.all(np.isfinite(te)) or np.any(te <= 0) \
+                or np.any(np.diff(te) <= 0):
+            raise InputError(f"echo times must be positive and increasing, found {self.te}")
+        for name in ("b0", "tr", "snr", "structural_snr"):
+            value = getattr(self, name)
+            if not value > 0:
+                raise InputError(f"{name} must be positive, found {value}")
+        if not self.bias_amplitude >= 0:
+            raise InputError(f"bias_amplitude must not be negative, found {self.bias_amplitude}")
 
 
 @dataclass
